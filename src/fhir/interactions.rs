@@ -1,0 +1,640 @@
+//! The FHIR interactions themselves — read, vread, create, update, delete,
+//! history, search — independent of whether they arrive as HTTP requests or
+//! as Bundle entries. Writes run inside a [`StoreTx`]; the single-request
+//! forms open and commit their own.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+
+use crate::{
+    app::AppState,
+    error::{ApiError, Issue, operation_outcome},
+    fhir::{
+        bundle::BundleWriter,
+        format::{Answer, Payload},
+        resource,
+        search::{self, TotalMode, extract},
+    },
+    json::Value,
+    store::{HistoryQuery, StoreTx, Stored},
+};
+
+/// A version just written.
+#[derive(Clone, Debug)]
+pub struct Written {
+    pub ty: String,
+    pub id: String,
+    pub version: i64,
+    pub at_ms: i64,
+    /// `None` for a deletion.
+    pub body: Option<Arc<str>>,
+    pub status: StatusCode,
+}
+
+impl Written {
+    pub fn answer(&self) -> Answer {
+        Answer {
+            status: self.status,
+            location: Some(format!("{}/{}/_history/{}", self.ty, self.id, self.version)),
+            version: Some(self.version),
+            last_modified_ms: Some(self.at_ms),
+            payload: self.body.clone().map_or(Payload::None, Payload::Text),
+        }
+    }
+}
+
+/// The current time in ms, strictly increasing within this process so that
+/// versions written one after the other never share a `lastUpdated`.
+pub fn now_ms() -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(prev);
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
+}
+
+fn check_type(ty: &str) -> Result<(), ApiError> {
+    if super::is_supported_type(ty) {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(format!(
+            "resource type `{ty}` is not supported by this server"
+        )))
+    }
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    if super::is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "value",
+            format!("`{id}` is not a valid resource id (1–64 of A–Z a–z 0–9 - .)"),
+        ))
+    }
+}
+
+/// Parses an entity tag `W/"3"` or `"3"` into a version.
+pub fn parse_etag(tag: &str) -> Option<i64> {
+    tag.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .ok()
+}
+
+/// Conditions of a conditional read.
+#[derive(Clone, Debug, Default)]
+pub struct ReadConditions {
+    pub if_none_match: Option<String>,
+    pub if_modified_since_ms: Option<i64>,
+}
+
+fn stored_answer(s: &Stored) -> Answer {
+    Answer {
+        status: StatusCode::OK,
+        location: None,
+        version: Some(s.version),
+        last_modified_ms: Some(s.last_updated_ms),
+        payload: Payload::Text(s.body.clone()),
+    }
+}
+
+pub async fn read(
+    st: &AppState,
+    ty: &str,
+    id: &str,
+    cond: &ReadConditions,
+) -> Result<Answer, ApiError> {
+    check_type(ty)?;
+    check_id(id)?;
+    let Some(s) = st.store.read(ty, id).await? else {
+        return Err(ApiError::NotFound(format!("{ty}/{id} does not exist")));
+    };
+    if s.deleted {
+        return Err(ApiError::Gone(format!(
+            "{ty}/{id} was deleted (version {})",
+            s.version
+        )));
+    }
+    let not_modified = cond.if_none_match.as_deref().and_then(parse_etag) == Some(s.version)
+        || cond
+            .if_modified_since_ms
+            .is_some_and(|since| s.last_updated_ms / 1000 <= since / 1000);
+    if not_modified {
+        let mut a = stored_answer(&s);
+        a.status = StatusCode::NOT_MODIFIED;
+        a.payload = Payload::None;
+        return Ok(a);
+    }
+    Ok(stored_answer(&s))
+}
+
+pub async fn vread(st: &AppState, ty: &str, id: &str, version: &str) -> Result<Answer, ApiError> {
+    check_type(ty)?;
+    check_id(id)?;
+    let v: i64 = version
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("version `{version}` does not exist")))?;
+    let Some(s) = st.store.vread(ty, id, v).await? else {
+        return Err(ApiError::NotFound(format!(
+            "{ty}/{id} has no version {version}"
+        )));
+    };
+    if s.deleted {
+        return Err(ApiError::Gone(format!(
+            "version {version} of {ty}/{id} is a deletion"
+        )));
+    }
+    Ok(stored_answer(&s))
+}
+
+/// Writes `body` as version `version` of `ty/id`: sets `id`/`meta`, indexes it, stores it.
+async fn put_version(
+    tx: &mut dyn StoreTx,
+    ty: &str,
+    id: &str,
+    version: i64,
+    method: &'static str,
+    mut body: Value,
+    status: StatusCode,
+) -> Result<Written, ApiError> {
+    let at_ms = now_ms();
+    let text = resource::finalize(&mut body, id, version, at_ms);
+    let index = extract::extract(&body)
+        .into_iter()
+        .map(|(def, v)| (def.code, v))
+        .collect();
+    tx.put(crate::store::NewVersion {
+        ty,
+        id,
+        version,
+        last_updated_ms: at_ms,
+        method,
+        body: &text,
+        index,
+    })
+    .await?;
+    Ok(Written {
+        ty: ty.to_owned(),
+        id: id.to_owned(),
+        version,
+        at_ms,
+        body: Some(text.into()),
+        status,
+    })
+}
+
+/// Creates `ty` with a new id (the body's `id`, if any, is replaced, as FHIR prescribes for create).
+pub async fn create_in(
+    tx: &mut dyn StoreTx,
+    ty: &str,
+    id: &str,
+    body: Value,
+) -> Result<Written, ApiError> {
+    put_version(tx, ty, id, 1, "POST", body, StatusCode::CREATED).await
+}
+
+/// Updates (or creates, with the client's id) `ty/id`. `if_match` is the expected current version.
+pub async fn update_in(
+    tx: &mut dyn StoreTx,
+    ty: &str,
+    id: &str,
+    body: Value,
+    if_match: Option<i64>,
+) -> Result<Written, ApiError> {
+    let current = tx.current(ty, id).await?;
+    if let Some(expected) = if_match {
+        match current {
+            Some(c) if !c.deleted && c.version == expected => {}
+            Some(c) if !c.deleted => {
+                return Err(ApiError::PreconditionFailed(format!(
+                    "{ty}/{id} is at version {}, not {expected} (If-Match)",
+                    c.version
+                )));
+            }
+            _ => {
+                return Err(ApiError::PreconditionFailed(format!(
+                    "{ty}/{id} does not exist (If-Match)"
+                )));
+            }
+        }
+    }
+    let (version, status) = match current {
+        Some(c) if !c.deleted => (c.version + 1, StatusCode::OK),
+        Some(c) => (c.version + 1, StatusCode::CREATED),
+        None => (1, StatusCode::CREATED),
+    };
+    put_version(tx, ty, id, version, "PUT", body, status).await
+}
+
+/// Deletes `ty/id`; `Ok(None)` when it was already deleted.
+pub async fn delete_in(
+    tx: &mut dyn StoreTx,
+    ty: &str,
+    id: &str,
+    if_match: Option<i64>,
+) -> Result<Option<Written>, ApiError> {
+    let Some(current) = tx.current(ty, id).await? else {
+        return Err(ApiError::NotFound(format!("{ty}/{id} does not exist")));
+    };
+    if current.deleted {
+        return Ok(None);
+    }
+    if let Some(expected) = if_match
+        && expected != current.version
+    {
+        return Err(ApiError::PreconditionFailed(format!(
+            "{ty}/{id} is at version {}, not {expected} (If-Match)",
+            current.version
+        )));
+    }
+    let at_ms = now_ms();
+    let version = current.version + 1;
+    tx.delete(ty, id, version, at_ms).await?;
+    Ok(Some(Written {
+        ty: ty.to_owned(),
+        id: id.to_owned(),
+        version,
+        at_ms,
+        body: None,
+        status: StatusCode::NO_CONTENT,
+    }))
+}
+
+/// Result of resolving conditional criteria inside a transaction.
+pub enum Matched {
+    None,
+    One(String),
+}
+
+/// Runs conditional criteria: none or one match; several is 412.
+pub async fn match_criteria(
+    st: &AppState,
+    tx: &mut dyn StoreTx,
+    ty: &str,
+    criteria: &str,
+    base: &str,
+) -> Result<Matched, ApiError> {
+    let plan = search::parse_conditional(ty, criteria, &st.config.fhir, base)?;
+    let ids = tx.find_ids(&plan).await?;
+    match ids.as_slice() {
+        [] => Ok(Matched::None),
+        [one] => Ok(Matched::One(one.clone())),
+        _ => Err(ApiError::PreconditionFailed(format!(
+            "the criteria `{criteria}` match more than one {ty}; make them more selective"
+        ))),
+    }
+}
+
+/// `POST /Type`, optionally conditional (`If-None-Exist`).
+pub async fn create(
+    st: &AppState,
+    ty: &str,
+    body: Value,
+    if_none_exist: Option<&str>,
+    base: &str,
+) -> Result<Answer, ApiError> {
+    check_type(ty)?;
+    resource::check(&body, ty, None)?;
+    let mut tx = st.store.begin().await?;
+    if let Some(criteria) = if_none_exist
+        && let Matched::One(id) = match_criteria(st, tx.as_mut(), ty, criteria, base).await?
+    {
+        drop(tx);
+        let mut a = read(st, ty, &id, &ReadConditions::default()).await?;
+        a.location = a.version.map(|v| format!("{ty}/{id}/_history/{v}"));
+        return Ok(a);
+    }
+    let id = resource::new_id();
+    let written = create_in(tx.as_mut(), ty, &id, body).await?;
+    tx.commit().await?;
+    Ok(written.answer())
+}
+
+/// `PUT /Type/id`.
+pub async fn update(
+    st: &AppState,
+    ty: &str,
+    id: &str,
+    body: Value,
+    if_match: Option<&str>,
+) -> Result<Answer, ApiError> {
+    check_type(ty)?;
+    check_id(id)?;
+    resource::check(&body, ty, None)?;
+    check_body_id(&body, Some(id), ty)?;
+    let if_match = parse_if_match(if_match)?;
+    let mut tx = st.store.begin().await?;
+    let written = update_in(tx.as_mut(), ty, id, body, if_match).await?;
+    tx.commit().await?;
+    Ok(written.answer())
+}
+
+/// The body's `id` must be present and equal the URL's (FHIR update rules).
+pub fn check_body_id(body: &Value, url_id: Option<&str>, ty: &str) -> Result<(), ApiError> {
+    match (resource::id_of(body), url_id) {
+        (None, Some(_)) => Err(ApiError::invalid_at(
+            "required",
+            "the resource has no id; an update needs one",
+            format!("{ty}.id"),
+        )),
+        (Some(b), Some(u)) if b != u => Err(ApiError::invalid_at(
+            "invalid",
+            format!("the resource id `{b}` differs from the id `{u}` in the URL"),
+            format!("{ty}.id"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+pub fn parse_if_match(h: Option<&str>) -> Result<Option<i64>, ApiError> {
+    h.map(|v| {
+        parse_etag(v).ok_or_else(|| {
+            ApiError::invalid(
+                "value",
+                format!("If-Match `{v}` is not a version tag like W/\"3\""),
+            )
+        })
+    })
+    .transpose()
+}
+
+/// `PUT /Type?criteria`.
+pub async fn conditional_update(
+    st: &AppState,
+    ty: &str,
+    criteria: &str,
+    body: Value,
+    base: &str,
+) -> Result<Answer, ApiError> {
+    check_type(ty)?;
+    resource::check(&body, ty, None)?;
+    let mut tx = st.store.begin().await?;
+    let id = match match_criteria(st, tx.as_mut(), ty, criteria, base).await? {
+        Matched::One(id) => {
+            check_body_id(&body, None, ty)?;
+            if let Some(b) = resource::id_of(&body)
+                && b != id
+            {
+                return Err(ApiError::invalid_at(
+                    "invalid",
+                    format!("the criteria match {ty}/{id} but the resource's id is `{b}`"),
+                    format!("{ty}.id"),
+                ));
+            }
+            id
+        }
+        Matched::None => resource::id_of(&body).map_or_else(resource::new_id, str::to_owned),
+    };
+    let written = update_in(tx.as_mut(), ty, &id, body, None).await?;
+    tx.commit().await?;
+    Ok(written.answer())
+}
+
+/// `DELETE /Type/id`.
+pub async fn delete(
+    st: &AppState,
+    ty: &str,
+    id: &str,
+    if_match: Option<&str>,
+) -> Result<Answer, ApiError> {
+    check_type(ty)?;
+    check_id(id)?;
+    let if_match = parse_if_match(if_match)?;
+    let mut tx = st.store.begin().await?;
+    let written = delete_in(tx.as_mut(), ty, id, if_match).await?;
+    tx.commit().await?;
+    Ok(deleted_answer(written))
+}
+
+fn deleted_answer(w: Option<Written>) -> Answer {
+    let mut a = Answer::new(StatusCode::NO_CONTENT, Payload::None);
+    if let Some(w) = w {
+        a.version = Some(w.version);
+    }
+    a
+}
+
+/// `DELETE /Type?criteria`: deletes the single match (none: nothing to do; several: 412).
+pub async fn conditional_delete(
+    st: &AppState,
+    ty: &str,
+    criteria: &str,
+    base: &str,
+) -> Result<Answer, ApiError> {
+    check_type(ty)?;
+    let mut tx = st.store.begin().await?;
+    let written = match match_criteria(st, tx.as_mut(), ty, criteria, base).await? {
+        Matched::None => None,
+        Matched::One(id) => delete_in(tx.as_mut(), ty, &id, None).await?,
+    };
+    tx.commit().await?;
+    Ok(deleted_answer(written))
+}
+
+/// `GET /Type?…` and `POST /Type/_search`.
+pub async fn search(
+    st: &AppState,
+    ty: &str,
+    query: &[(String, String)],
+    strict: bool,
+    base: &str,
+) -> Result<Answer, ApiError> {
+    check_type(ty)?;
+    let parsed = search::parse(ty, query, &st.config.fhir, strict, base)?;
+    let page = st.store.search(&parsed.plan).await?;
+    let total = match (page.total, parsed.total) {
+        (Some(t), _) => Some(t),
+        (None, TotalMode::Default) if parsed.plan.after.is_none() && page.next.is_none() => {
+            Some(page.rows.len() as u64)
+        }
+        _ => None,
+    };
+    let mut budget = st.config.fhir.max_include as usize;
+    let mut seen: std::collections::HashSet<(String, String)> = page
+        .rows
+        .iter()
+        .map(|r| (r.ty.clone(), r.id.clone()))
+        .collect();
+    let mut included = Vec::new();
+    for inc in &parsed.includes {
+        for r in st
+            .store
+            .include(&page.rows, inc.param, inc.target.as_deref(), budget)
+            .await?
+        {
+            if seen.insert((r.ty.clone(), r.id.clone())) {
+                budget = budget.saturating_sub(1);
+                included.push(r);
+            }
+        }
+    }
+    for rev in &parsed.revincludes {
+        for r in st
+            .store
+            .revinclude(&page.rows, &rev.source, rev.param, budget)
+            .await?
+        {
+            if seen.insert((r.ty.clone(), r.id.clone())) {
+                budget = budget.saturating_sub(1);
+                included.push(r);
+            }
+        }
+    }
+    let link = |extra: Option<(String, String)>| {
+        let mut pairs = parsed.applied.clone();
+        pairs.extend(extra);
+        let q = search::encode_query(&pairs);
+        if q.is_empty() {
+            format!("{base}/{ty}")
+        } else {
+            format!("{base}/{ty}?{q}")
+        }
+    };
+    let mut links = vec![("self", link(None))];
+    if let Some(next) = &page.next {
+        links.push(("next", link(Some(("_cursor".into(), next.encode())))));
+    }
+    let mut w = BundleWriter::new("searchset", total, &links);
+    for r in &page.rows {
+        w.resource_entry(base, r, Some("match"));
+    }
+    for r in &included {
+        w.resource_entry(base, r, Some("include"));
+    }
+    if !parsed.warnings.is_empty() {
+        w.outcome_entry(&operation_outcome(&parsed.warnings));
+    }
+    Ok(Answer::new(
+        StatusCode::OK,
+        Payload::Text(w.finish().into()),
+    ))
+}
+
+/// Instance, type or system history.
+pub async fn history(
+    st: &AppState,
+    ty: Option<&str>,
+    id: Option<&str>,
+    query: &[(String, String)],
+    base: &str,
+) -> Result<Answer, ApiError> {
+    if let Some(ty) = ty {
+        check_type(ty)?;
+    }
+    if let Some(id) = id {
+        check_id(id)?;
+    }
+    let mut q = HistoryQuery {
+        ty: ty.map(str::to_owned),
+        id: id.map(str::to_owned),
+        count: st.config.fhir.default_count as usize,
+        ..HistoryQuery::default()
+    };
+    let mut applied = Vec::new();
+    for (k, v) in query {
+        match k.as_str() {
+            "_count" => {
+                let n: u32 = v.parse().map_err(|_| {
+                    ApiError::invalid_at(
+                        "invalid",
+                        format!("`{v}` is not a whole number"),
+                        "_count",
+                    )
+                })?;
+                q.count = n.clamp(1, st.config.fhir.max_count) as usize;
+                applied.push((k.clone(), v.clone()));
+            }
+            "_since" => {
+                let (_, low, _) = search::values::parse_date(v)
+                    .map_err(|m| ApiError::invalid_at("invalid", m, "_since"))?;
+                q.since_ms = Some(low);
+                applied.push((k.clone(), v.clone()));
+            }
+            "_at" => {
+                let (_, _, high) = search::values::parse_date(v)
+                    .map_err(|m| ApiError::invalid_at("invalid", m, "_at"))?;
+                q.before_ms = Some(high.saturating_add(1));
+                applied.push((k.clone(), v.clone()));
+            }
+            "_cursor" => {
+                q.after_seq = Some(v.parse().map_err(|_| {
+                    ApiError::invalid_at(
+                        "invalid",
+                        "the paging position is not valid; follow the next link",
+                        "_cursor",
+                    )
+                })?);
+            }
+            "_format" | "_pretty" => {}
+            other => {
+                return Err(ApiError::invalid_at(
+                    "not-supported",
+                    format!("`{other}` is not supported for history (use _count, _since, _at)"),
+                    other,
+                ));
+            }
+        }
+    }
+    if let (Some(ty), Some(id)) = (ty, id)
+        && st.store.read(ty, id).await?.is_none()
+    {
+        return Err(ApiError::NotFound(format!("{ty}/{id} does not exist")));
+    }
+    let page = st.store.history(&q).await?;
+    let path = match (ty, id) {
+        (Some(t), Some(i)) => format!("{base}/{t}/{i}/_history"),
+        (Some(t), None) => format!("{base}/{t}/_history"),
+        _ => format!("{base}/_history"),
+    };
+    let link = |extra: Option<(String, String)>| {
+        let mut pairs = applied.clone();
+        pairs.extend(extra);
+        let q = search::encode_query(&pairs);
+        if q.is_empty() {
+            path.clone()
+        } else {
+            format!("{path}?{q}")
+        }
+    };
+    let mut links = vec![("self", link(None))];
+    if let Some(next) = page.next_seq {
+        links.push(("next", link(Some(("_cursor".into(), next.to_string())))));
+    }
+    let mut w = BundleWriter::new("history", None, &links);
+    for r in &page.rows {
+        w.history_entry(base, r);
+    }
+    Ok(Answer::new(
+        StatusCode::OK,
+        Payload::Text(w.finish().into()),
+    ))
+}
+
+/// A located, single-issue error for an entry of a Bundle.
+pub fn entry_error(index: usize, err: ApiError) -> ApiError {
+    let locate = |mut issues: Vec<Issue>| {
+        for i in &mut issues {
+            let at = format!("Bundle.entry[{index}]");
+            i.expression = Some(match i.expression.take() {
+                Some(e) if e.starts_with("Bundle.") => e,
+                Some(e) => format!("{at}.{e}"),
+                None => at,
+            });
+        }
+        issues
+    };
+    match err {
+        ApiError::Invalid(i) => ApiError::Invalid(locate(i)),
+        ApiError::Unprocessable(i) => ApiError::Unprocessable(locate(i)),
+        other => other,
+    }
+}

@@ -1,0 +1,21 @@
+//! nara-gateway: a FHIR R4 gateway between Swedish municipal EHR systems,
+//! region systems and the national patient overview NPÖ.
+//!
+//! Module map (see `docs/ARCHITECTURE.md` for how a request flows):
+
+/// Application state, router assembly and `serve`, shared by the binary and the tests.
+pub mod app;
+/// The command-line commands (`serve`, `migrate`) behind `main.rs`.
+pub mod cli;
+/// Layered configuration: defaults, TOML file, `NARA_*` environment, validated at load.
+pub mod config;
+/// `ApiError` and its rendering as a FHIR OperationOutcome.
+pub mod error;
+/// The FHIR R4 REST API: interactions, search, Bundles, validation, CapabilityStatement.
+pub mod fhir;
+/// A lossless JSON tree: exact numbers, key order, no duplicate keys.
+pub mod json;
+/// Request counts and latency histograms in Prometheus format.
+pub mod metrics;
+/// The `Store` trait, the SQLite backend and the SQL shared by backends.
+pub mod store;

@@ -1,0 +1,586 @@
+//! Translates a [`SearchPlan`] into SQL text and arguments, shared by the
+//! SQLite and PostgreSQL backends (they differ only in the [`Dialect`]).
+//!
+//! Every filter becomes `rid IN (SELECT rid FROM idx_… WHERE …)`, so the
+//! database can drive the query from the most selective index.
+
+use crate::fhir::search::values::{Prefix, TokenQuery};
+
+use super::plan::{
+    Atom, Cursor, CursorValue, Filter, IndexTable, SearchPlan, Sort, SortKey, StringMode,
+};
+
+/// The SQL flavour to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A bound argument.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Arg {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+}
+
+/// SQL text with `?` placeholders (renumbered to `$n` for PostgreSQL) and its arguments.
+#[derive(Debug, Default)]
+pub struct Sql {
+    pub text: String,
+    pub args: Vec<Arg>,
+}
+
+impl Sql {
+    fn push(&mut self, s: &str) -> &mut Self {
+        self.text.push_str(s);
+        self
+    }
+    fn arg(&mut self, a: Arg) -> &mut Self {
+        self.text.push('?');
+        self.args.push(a);
+        self
+    }
+    fn text_arg(&mut self, s: &str) -> &mut Self {
+        self.arg(Arg::Text(s.to_owned()))
+    }
+    fn int(&mut self, i: i64) -> &mut Self {
+        self.arg(Arg::Int(i))
+    }
+
+    /// The final text for `dialect`.
+    pub fn render(&self, dialect: Dialect) -> String {
+        match dialect {
+            Dialect::Sqlite => self.text.clone(),
+            Dialect::Postgres => {
+                let mut out = String::with_capacity(self.text.len() + 16);
+                let mut n = 0;
+                let mut in_str = false;
+                for c in self.text.chars() {
+                    match c {
+                        '\'' => {
+                            in_str = !in_str;
+                            out.push(c);
+                        }
+                        '?' if !in_str => {
+                            n += 1;
+                            out.push('$');
+                            out.push_str(&n.to_string());
+                        }
+                        _ => out.push(c),
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+/// The columns every resource row query selects, in this order.
+pub const ROW_COLUMNS: &str =
+    "r.rid, v.res_type, v.res_id, v.version, v.last_updated_ms, v.deleted, v.method, v.body";
+
+/// A string that sorts after every real index value (nulls last when ascending).
+const TEXT_MAX: &str = "\u{10FFFF}";
+
+/// The page query: rows, plus one sort value column per sort key, one row more than the page.
+pub fn search_page(plan: &SearchPlan) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("SELECT ").push(ROW_COLUMNS);
+    for s in &plan.sort {
+        sql.push(", ");
+        sort_expr(&mut sql, s);
+    }
+    sql.push(" FROM resources r JOIN versions v ON v.vid = r.vid WHERE ");
+    where_clause(&mut sql, plan, "r");
+    if let Some(cursor) = &plan.after {
+        sql.push(" AND ");
+        cursor_condition(&mut sql, &plan.sort, cursor);
+    }
+    sql.push(" ORDER BY ");
+    for s in &plan.sort {
+        sort_expr(&mut sql, s);
+        sql.push(if s.descending { " DESC, " } else { " ASC, " });
+    }
+    sql.push("r.rid ASC LIMIT ").int(plan.count as i64 + 1);
+    sql
+}
+
+/// The count of all matches.
+pub fn search_count(plan: &SearchPlan) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("SELECT COUNT(*) FROM resources r WHERE ");
+    where_clause(&mut sql, plan, "r");
+    sql
+}
+
+/// Ids of matches, for conditional operations (at most `plan.count`).
+pub fn search_ids(plan: &SearchPlan) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("SELECT r.res_id FROM resources r WHERE ");
+    where_clause(&mut sql, plan, "r");
+    sql.push(" ORDER BY r.rid LIMIT ").int(plan.count as i64);
+    sql
+}
+
+fn where_clause(sql: &mut Sql, plan: &SearchPlan, alias: &str) {
+    sql.push(alias).push(".res_type = ").text_arg(&plan.ty);
+    sql.push(" AND ").push(alias).push(".deleted = 0");
+    for f in &plan.filters {
+        sql.push(" AND ");
+        filter(sql, f, alias);
+    }
+}
+
+fn filter(sql: &mut Sql, f: &Filter, alias: &str) {
+    let (atoms, negate) = match f {
+        Filter::Any(a) => (a, false),
+        Filter::None(a) => (a, true),
+    };
+    if negate {
+        sql.push("NOT ");
+    }
+    sql.push("(");
+    if atoms.is_empty() {
+        sql.push("1 = 0");
+    }
+    for (i, a) in atoms.iter().enumerate() {
+        if i > 0 {
+            sql.push(" OR ");
+        }
+        atom(sql, a, alias);
+    }
+    sql.push(")");
+}
+
+/// `alias.rid IN (SELECT rid FROM table WHERE param = ? AND `, left open for the caller.
+fn open_in<'a>(sql: &'a mut Sql, alias: &str, table: IndexTable, param: &str) -> &'a mut Sql {
+    sql.push(alias)
+        .push(".rid IN (SELECT rid FROM ")
+        .push(table.name())
+        .push(" WHERE param = ")
+        .text_arg(param)
+        .push(" AND ")
+}
+
+fn atom(sql: &mut Sql, a: &Atom, alias: &str) {
+    match a {
+        Atom::Id(id) => {
+            sql.push(alias).push(".res_id = ").text_arg(id);
+        }
+        Atom::LastUpdated { prefix, low, high } => {
+            let col = format!("{alias}.last_updated_ms");
+            date_predicate(sql, &col, &col, *prefix, *low, *high);
+        }
+        Atom::Token { param, query } => {
+            open_in(sql, alias, IndexTable::Token, param);
+            token_predicate(sql, query, "system", "code");
+            sql.push(")");
+        }
+        Atom::TokenText { param, normalized } => {
+            open_in(sql, alias, IndexTable::Token, param);
+            sql.push("text_norm LIKE ")
+                .text_arg(&format!("%{}%", like_escape(normalized)))
+                .push(" ESCAPE '\\')");
+        }
+        Atom::String { param, mode, value } => {
+            open_in(sql, alias, IndexTable::String, param);
+            match mode {
+                StringMode::StartsWith => {
+                    sql.push("norm >= ").text_arg(value);
+                    sql.push(" AND norm < ")
+                        .text_arg(&format!("{value}{TEXT_MAX}"));
+                }
+                StringMode::Exact => {
+                    sql.push("exact = ").text_arg(value);
+                }
+                StringMode::Contains => {
+                    sql.push("norm LIKE ")
+                        .text_arg(&format!("%{}%", like_escape(value)))
+                        .push(" ESCAPE '\\'");
+                }
+            }
+            sql.push(")");
+        }
+        Atom::Date {
+            param,
+            prefix,
+            low,
+            high,
+        } => {
+            open_in(sql, alias, IndexTable::Date, param);
+            date_predicate(sql, "low", "high", *prefix, *low, *high);
+            sql.push(")");
+        }
+        Atom::Reference { param, ty, id } => {
+            open_in(sql, alias, IndexTable::Reference, param);
+            if let Some(ty) = ty {
+                sql.push("target_type = ").text_arg(ty).push(" AND ");
+            }
+            sql.push("target_id = ").text_arg(id).push(")");
+        }
+        Atom::ReferenceUrl { param, url } => {
+            open_in(sql, alias, IndexTable::Reference, param);
+            sql.push("ref = ").text_arg(url).push(")");
+        }
+        Atom::ReferenceIdentifier { param, query } => {
+            open_in(sql, alias, IndexTable::Reference, param);
+            token_predicate(sql, query, "id_system", "id_value");
+            sql.push(")");
+        }
+        Atom::Chain { param, ty, filters } => {
+            sql.push(alias)
+                .push(".rid IN (SELECT x.rid FROM idx_reference x JOIN resources t ON t.res_type = x.target_type AND t.res_id = x.target_id WHERE x.param = ")
+                .text_arg(param)
+                .push(" AND x.target_type = ")
+                .text_arg(ty)
+                .push(" AND t.deleted = 0");
+            for f in filters {
+                sql.push(" AND ");
+                filter(sql, f, "t");
+            }
+            sql.push(")");
+        }
+        Atom::Number {
+            param,
+            prefix,
+            value,
+            low,
+            high,
+        } => {
+            open_in(sql, alias, IndexTable::Number, param);
+            number_predicate(sql, *prefix, *value, *low, *high);
+            sql.push(")");
+        }
+        Atom::Quantity {
+            param,
+            prefix,
+            value,
+            low,
+            high,
+            system,
+            code,
+        } => {
+            open_in(sql, alias, IndexTable::Quantity, param);
+            number_predicate(sql, *prefix, *value, *low, *high);
+            if let Some(s) = system {
+                sql.push(" AND system = ").text_arg(s);
+            }
+            if let Some(c) = code {
+                sql.push(" AND (code = ")
+                    .text_arg(c)
+                    .push(" OR unit = ")
+                    .text_arg(c)
+                    .push(")");
+            }
+            sql.push(")");
+        }
+        Atom::Uri {
+            param,
+            value,
+            below,
+        } => {
+            open_in(sql, alias, IndexTable::Uri, param);
+            if *below {
+                sql.push("uri >= ").text_arg(value);
+                sql.push(" AND uri < ")
+                    .text_arg(&format!("{value}{TEXT_MAX}"));
+            } else {
+                sql.push("uri = ").text_arg(value);
+            }
+            sql.push(")");
+        }
+        Atom::Missing {
+            param,
+            table,
+            missing,
+        } => {
+            if *missing {
+                sql.push("NOT ");
+            }
+            sql.push("EXISTS (SELECT 1 FROM ")
+                .push(table.name())
+                .push(" m WHERE m.rid = ")
+                .push(alias)
+                .push(".rid AND m.param = ")
+                .text_arg(param)
+                .push(")");
+        }
+    }
+}
+
+fn token_predicate(sql: &mut Sql, q: &TokenQuery, system_col: &str, code_col: &str) {
+    match q {
+        TokenQuery::Code(c) => {
+            sql.push(code_col).push(" = ").text_arg(c);
+        }
+        TokenQuery::SystemCode(s, c) => {
+            sql.push(code_col).push(" = ").text_arg(c);
+            sql.push(" AND ").push(system_col).push(" = ").text_arg(s);
+        }
+        TokenQuery::NoSystemCode(c) => {
+            sql.push(code_col).push(" = ").text_arg(c);
+            sql.push(" AND ").push(system_col).push(" IS NULL");
+        }
+        TokenQuery::System(s) => {
+            sql.push(system_col).push(" = ").text_arg(s);
+        }
+    }
+}
+
+/// FHIR date comparison between a resource range `[lo_col, hi_col]` and the query range `[ql, qh]`.
+fn date_predicate(sql: &mut Sql, lo: &str, hi: &str, prefix: Prefix, ql: i64, qh: i64) {
+    let contained = |sql: &mut Sql| {
+        sql.push("(")
+            .push(lo)
+            .push(" >= ")
+            .int(ql)
+            .push(" AND ")
+            .push(hi)
+            .push(" <= ")
+            .int(qh)
+            .push(")");
+    };
+    match prefix {
+        Prefix::Eq => contained(sql),
+        Prefix::Ne => {
+            sql.push("NOT ");
+            contained(sql);
+        }
+        Prefix::Gt => {
+            sql.push(hi).push(" > ").int(qh);
+        }
+        Prefix::Lt => {
+            sql.push(lo).push(" < ").int(ql);
+        }
+        Prefix::Ge => {
+            sql.push("(").push(hi).push(" > ").int(qh).push(" OR ");
+            contained(sql);
+            sql.push(")");
+        }
+        Prefix::Le => {
+            sql.push("(").push(lo).push(" < ").int(ql).push(" OR ");
+            contained(sql);
+            sql.push(")");
+        }
+        Prefix::Sa => {
+            sql.push(lo).push(" > ").int(qh);
+        }
+        Prefix::Eb => {
+            sql.push(hi).push(" < ").int(ql);
+        }
+        Prefix::Ap => {
+            // Approximately: within 10% of the distance to now, at least a day.
+            let now = chrono::Utc::now().timestamp_millis();
+            let slack = ((now - ql).abs() / 10).max(86_400_000);
+            sql.push("(")
+                .push(lo)
+                .push(" <= ")
+                .int(qh.saturating_add(slack));
+            sql.push(" AND ")
+                .push(hi)
+                .push(" >= ")
+                .int(ql.saturating_sub(slack))
+                .push(")");
+        }
+    }
+}
+
+fn number_predicate(sql: &mut Sql, prefix: Prefix, value: f64, low: f64, high: f64) {
+    let real = |sql: &mut Sql, v: f64| {
+        sql.arg(Arg::Real(v));
+    };
+    match prefix {
+        Prefix::Eq => {
+            sql.push("value >= ");
+            real(sql, low);
+            sql.push(" AND value < ");
+            real(sql, high);
+        }
+        Prefix::Ne => {
+            sql.push("(value < ");
+            real(sql, low);
+            sql.push(" OR value >= ");
+            real(sql, high);
+            sql.push(")");
+        }
+        Prefix::Gt | Prefix::Sa => {
+            sql.push("value > ");
+            real(sql, value);
+        }
+        Prefix::Lt | Prefix::Eb => {
+            sql.push("value < ");
+            real(sql, value);
+        }
+        Prefix::Ge => {
+            sql.push("value >= ");
+            real(sql, value);
+        }
+        Prefix::Le => {
+            sql.push("value <= ");
+            real(sql, value);
+        }
+        Prefix::Ap => {
+            let slack = (value.abs() * 0.1).max(high - low);
+            sql.push("value >= ");
+            real(sql, value - slack);
+            sql.push(" AND value <= ");
+            real(sql, value + slack);
+        }
+    }
+}
+
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+/// The sort value of the row `r`, never NULL (missing values sort last).
+fn sort_expr(sql: &mut Sql, s: &Sort) {
+    match &s.key {
+        SortKey::Id => {
+            sql.push("r.res_id");
+        }
+        SortKey::LastUpdated => {
+            sql.push("r.last_updated_ms");
+        }
+        SortKey::Param { param, table } => {
+            let (col_asc, col_desc) = match table {
+                IndexTable::Date => ("low", "high"),
+                IndexTable::String => ("norm", "norm"),
+                IndexTable::Token => ("code", "code"),
+                IndexTable::Reference => ("ref", "ref"),
+                IndexTable::Uri => ("uri", "uri"),
+                IndexTable::Number | IndexTable::Quantity => ("value", "value"),
+            };
+            let (agg, col) = if s.descending {
+                ("MAX", col_desc)
+            } else {
+                ("MIN", col_asc)
+            };
+            sql.push("COALESCE((SELECT ")
+                .push(agg)
+                .push("(")
+                .push(col)
+                .push(") FROM ")
+                .push(table.name())
+                .push(" s WHERE s.rid = r.rid AND s.param = ")
+                .text_arg(param)
+                .push("), ");
+            match (table, s.descending) {
+                (IndexTable::Date, false) => sql.int(i64::MAX),
+                (IndexTable::Date, true) => sql.int(i64::MIN + 1),
+                (IndexTable::Number | IndexTable::Quantity, false) => sql.arg(Arg::Real(f64::MAX)),
+                (IndexTable::Number | IndexTable::Quantity, true) => sql.arg(Arg::Real(f64::MIN)),
+                (_, false) => sql.text_arg(TEXT_MAX),
+                (_, true) => sql.text_arg(""),
+            };
+            sql.push(")");
+        }
+    }
+}
+
+/// Which kind of value a sort key yields, to read it back for the cursor.
+pub fn sort_value_kind(s: &Sort) -> CursorKind {
+    match &s.key {
+        SortKey::Id => CursorKind::Text,
+        SortKey::LastUpdated => CursorKind::Int,
+        SortKey::Param { table, .. } => match table {
+            IndexTable::Date => CursorKind::Int,
+            IndexTable::Number | IndexTable::Quantity => CursorKind::Real,
+            _ => CursorKind::Text,
+        },
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CursorKind {
+    Int,
+    Real,
+    Text,
+}
+
+/// Rows strictly after `cursor` in the plan's order (sort keys, then row id).
+fn cursor_condition(sql: &mut Sql, sort: &[Sort], cursor: &Cursor) {
+    let value = |sql: &mut Sql, v: &CursorValue| match v {
+        CursorValue::Int(i) => {
+            sql.int(*i);
+        }
+        CursorValue::Real(f) => {
+            sql.arg(Arg::Real(*f));
+        }
+        CursorValue::Text(t) => {
+            sql.text_arg(t);
+        }
+    };
+    let keys = sort.len().min(cursor.values.len());
+    sql.push("(");
+    for i in 0..=keys {
+        if i > 0 {
+            sql.push(" OR ");
+        }
+        sql.push("(");
+        for j in 0..i {
+            sort_expr(sql, &sort[j]);
+            sql.push(" = ");
+            value(sql, &cursor.values[j]);
+            sql.push(" AND ");
+        }
+        if i < keys {
+            sort_expr(sql, &sort[i]);
+            sql.push(if sort[i].descending { " < " } else { " > " });
+            value(sql, &cursor.values[i]);
+        } else {
+            sql.push("r.rid > ").int(cursor.rid);
+        }
+        sql.push(")");
+    }
+    sql.push(")");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_placeholders_are_numbered_outside_quotes() {
+        let mut sql = Sql::default();
+        sql.push("a = ")
+            .int(1)
+            .push(" AND b LIKE ")
+            .text_arg("x")
+            .push(" ESCAPE '?' AND c = ")
+            .int(2);
+        assert_eq!(
+            sql.render(Dialect::Postgres),
+            "a = $1 AND b LIKE $2 ESCAPE '?' AND c = $3"
+        );
+        assert_eq!(sql.args.len(), 3);
+    }
+
+    #[test]
+    fn page_query_binds_every_placeholder() {
+        let mut plan = SearchPlan::new("Observation");
+        plan.filters.push(Filter::Any(vec![Atom::Token {
+            param: "code",
+            query: TokenQuery::SystemCode("http://loinc.org".into(), "1234-5".into()),
+        }]));
+        plan.sort.push(Sort {
+            key: SortKey::Param {
+                param: "date",
+                table: IndexTable::Date,
+            },
+            descending: true,
+        });
+        plan.after = Some(Cursor {
+            values: vec![CursorValue::Int(5)],
+            rid: 9,
+        });
+        let sql = search_page(&plan);
+        assert_eq!(sql.text.matches('?').count(), sql.args.len());
+        assert!(sql.text.contains("ORDER BY COALESCE((SELECT MAX(high)"));
+    }
+}

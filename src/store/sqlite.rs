@@ -1,0 +1,592 @@
+//! The embedded SQLite backend: one file, write-ahead log, a pool of
+//! read-only connections and a single writer connection, so writes never
+//! fail on lock contention and readers never wait for writers.
+
+use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use sqlx::{
+    Connection, Executor, Row, SqliteConnection,
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+        SqliteSynchronous,
+    },
+};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use super::{
+    Current, HistoryPage, HistoryQuery, NewVersion, SearchPage, SearchPlan, Store, StoreError,
+    StoreResult, StoreTx, Stored,
+    plan::{Cursor, CursorValue},
+    sql::{self, Arg, CursorKind, Dialect, ROW_COLUMNS, Sql},
+};
+use crate::{config::DatabaseConfig, fhir::search::extract::IndexValue};
+
+/// Schema migrations, applied in order and recorded in `schema_migrations`.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "resources",
+    include_str!("../../migrations/sqlite/0001_resources.sql"),
+)];
+
+pub struct SqliteStore {
+    readers: SqlitePool,
+    writer: Arc<Mutex<Writer>>,
+}
+
+struct Writer {
+    conn: SqliteConnection,
+    /// A transaction was dropped without commit and must be rolled back first.
+    open: bool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file named by `sqlite://PATH`
+    /// and applies pending migrations.
+    pub async fn open(config: &DatabaseConfig) -> anyhow::Result<SqliteStore> {
+        let path = config
+            .url
+            .strip_prefix("sqlite://")
+            .or_else(|| config.url.strip_prefix("sqlite:"))
+            .unwrap_or(&config.url);
+        if path.is_empty() {
+            anyhow::bail!("database.url: no file path after sqlite://");
+        }
+        if let Some(parent) = Path::new(path)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                anyhow::anyhow!(
+                    "database.url: cannot create folder {}: {e}",
+                    parent.display()
+                )
+            })?;
+        }
+        let sync = match config.sqlite_synchronous.as_str() {
+            "normal" => SqliteSynchronous::Normal,
+            _ => SqliteSynchronous::Full,
+        };
+        let base = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(sync)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(false)
+            .pragma("cache_size", "-16000")
+            .pragma("temp_store", "memory")
+            .statement_cache_capacity(256);
+        let mut conn = SqliteConnection::connect_with(&base).await?;
+        migrate(&mut conn).await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(config.max_connections)
+            .min_connections(1)
+            .connect_with(base.clone().pragma("query_only", "1"))
+            .await?;
+        Ok(SqliteStore {
+            readers,
+            writer: Arc::new(Mutex::new(Writer { conn, open: false })),
+        })
+    }
+}
+
+/// Applies the migrations this database has not seen yet.
+async fn migrate(conn: &mut SqliteConnection) -> anyhow::Result<()> {
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ms INTEGER NOT NULL)",
+    )
+    .await?;
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations")
+        .fetch_all(&mut *conn)
+        .await?;
+    for (version, name, script) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        let mut tx = conn.begin().await?;
+        sqlx::raw_sql(script).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO schema_migrations (version, name, applied_ms) VALUES (?, ?, ?)")
+            .bind(version)
+            .bind(name)
+            .bind(chrono::Utc::now().timestamp_millis())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(
+            migration.version = version,
+            migration.name = name,
+            "applied database migration"
+        );
+    }
+    Ok(())
+}
+
+fn err(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict(db.message().to_owned())
+        }
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        sqlx::Error::Database(db)
+            if db.message().contains("locked") || db.message().contains("busy") =>
+        {
+            StoreError::Unavailable(db.message().to_owned())
+        }
+        _ => StoreError::Internal(e.to_string()),
+    }
+}
+
+fn method_name(m: &str) -> &'static str {
+    match m {
+        "POST" => "POST",
+        "DELETE" => "DELETE",
+        _ => "PUT",
+    }
+}
+
+/// Reads a row selected with [`ROW_COLUMNS`].
+fn stored(row: &SqliteRow) -> Result<Stored, sqlx::Error> {
+    let body: String = row.try_get(7)?;
+    Ok(Stored {
+        rid: row.try_get(0)?,
+        ty: row.try_get(1)?,
+        id: row.try_get(2)?,
+        version: row.try_get(3)?,
+        last_updated_ms: row.try_get(4)?,
+        deleted: row.try_get::<i64, _>(5)? != 0,
+        method: method_name(row.try_get::<&str, _>(6)?),
+        body: body.into(),
+    })
+}
+
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    args: &'q [Arg],
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    for a in args {
+        q = match a {
+            Arg::Null => q.bind(Option::<String>::None),
+            Arg::Int(i) => q.bind(*i),
+            Arg::Real(f) => q.bind(*f),
+            Arg::Text(t) => q.bind(t.as_str()),
+        };
+    }
+    q
+}
+
+/// Runs a page query and splits off the look-ahead row into a cursor.
+async fn run_page<'e, E>(
+    exec: E,
+    plan: &SearchPlan,
+) -> Result<(Vec<Stored>, Option<Cursor>), sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let sql = sql::search_page(plan);
+    let text = sql.render(Dialect::Sqlite);
+    let rows = bind_all(sqlx::query(&text), &sql.args)
+        .fetch_all(exec)
+        .await?;
+    let mut out = Vec::with_capacity(rows.len().min(plan.count));
+    let mut next = None;
+    for (i, row) in rows.iter().enumerate() {
+        if i == plan.count {
+            break;
+        }
+        out.push(stored(row)?);
+        if i + 1 == plan.count && rows.len() > plan.count {
+            let mut values = Vec::with_capacity(plan.sort.len());
+            for (k, s) in plan.sort.iter().enumerate() {
+                let col = 8 + k;
+                values.push(match sql::sort_value_kind(s) {
+                    CursorKind::Int => CursorValue::Int(row.try_get(col)?),
+                    CursorKind::Real => CursorValue::Real(row.try_get(col)?),
+                    CursorKind::Text => CursorValue::Text(row.try_get(col)?),
+                });
+            }
+            next = Some(Cursor {
+                values,
+                rid: row.try_get(0)?,
+            });
+        }
+    }
+    Ok((out, next))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn read(&self, ty: &str, id: &str) -> StoreResult<Option<Stored>> {
+        let q = format!(
+            "SELECT {ROW_COLUMNS} FROM resources r JOIN versions v ON v.vid = r.vid WHERE r.res_type = ? AND r.res_id = ?"
+        );
+        let row = sqlx::query(&q)
+            .bind(ty)
+            .bind(id)
+            .fetch_optional(&self.readers)
+            .await
+            .map_err(err)?;
+        row.as_ref().map(stored).transpose().map_err(err)
+    }
+
+    async fn vread(&self, ty: &str, id: &str, version: i64) -> StoreResult<Option<Stored>> {
+        let row = sqlx::query(
+            "SELECT 0, v.res_type, v.res_id, v.version, v.last_updated_ms, v.deleted, v.method, v.body \
+             FROM versions v WHERE v.res_type = ? AND v.res_id = ? AND v.version = ?",
+        )
+        .bind(ty)
+        .bind(id)
+        .bind(version)
+        .fetch_optional(&self.readers)
+        .await
+        .map_err(err)?;
+        row.as_ref().map(stored).transpose().map_err(err)
+    }
+
+    async fn history(&self, q: &HistoryQuery) -> StoreResult<HistoryPage> {
+        let mut sql = String::from(
+            "SELECT v.vid, v.res_type, v.res_id, v.version, v.last_updated_ms, v.deleted, v.method, v.body \
+             FROM versions v WHERE 1 = 1",
+        );
+        let mut args = Vec::new();
+        if let Some(ty) = &q.ty {
+            sql.push_str(" AND v.res_type = ?");
+            args.push(Arg::Text(ty.clone()));
+        }
+        if let Some(id) = &q.id {
+            sql.push_str(" AND v.res_id = ?");
+            args.push(Arg::Text(id.clone()));
+        }
+        if let Some(since) = q.since_ms {
+            sql.push_str(" AND v.last_updated_ms >= ?");
+            args.push(Arg::Int(since));
+        }
+        if let Some(before) = q.before_ms {
+            sql.push_str(" AND v.last_updated_ms < ?");
+            args.push(Arg::Int(before));
+        }
+        if let Some(after) = q.after_seq {
+            sql.push_str(" AND v.vid < ?");
+            args.push(Arg::Int(after));
+        }
+        sql.push_str(" ORDER BY v.vid DESC LIMIT ?");
+        args.push(Arg::Int(q.count as i64 + 1));
+        let rows = bind_all(sqlx::query(&sql), &args)
+            .fetch_all(&self.readers)
+            .await
+            .map_err(err)?;
+        let mut page = HistoryPage::default();
+        for row in rows.iter().take(q.count) {
+            let mut s = stored(row).map_err(err)?;
+            page.next_seq = Some(s.rid);
+            s.rid = 0;
+            page.rows.push(s);
+        }
+        if rows.len() <= q.count {
+            page.next_seq = None;
+        }
+        Ok(page)
+    }
+
+    async fn search(&self, plan: &SearchPlan) -> StoreResult<SearchPage> {
+        let mut page = SearchPage::default();
+        if plan.count > 0 {
+            let (rows, next) = run_page(&self.readers, plan).await.map_err(err)?;
+            page.rows = rows;
+            page.next = next;
+        }
+        if plan.with_total {
+            let sql = sql::search_count(plan);
+            let text = sql.render(Dialect::Sqlite);
+            let n: i64 = bind_all(sqlx::query(&text), &sql.args)
+                .fetch_one(&self.readers)
+                .await
+                .and_then(|r| r.try_get(0))
+                .map_err(err)?;
+            page.total = Some(n as u64);
+        }
+        Ok(page)
+    }
+
+    async fn include(
+        &self,
+        rows: &[Stored],
+        param: &str,
+        target_type: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Stored>> {
+        if rows.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut sql = Sql::default();
+        sql.text = format!(
+            "SELECT {ROW_COLUMNS} FROM resources r JOIN versions v ON v.vid = r.vid WHERE r.deleted = 0 AND r.rid IN \
+             (SELECT t.rid FROM idx_reference x JOIN resources t ON t.res_type = x.target_type AND t.res_id = x.target_id \
+             WHERE x.param = ? AND x.rid IN ("
+        );
+        sql.args.push(Arg::Text(param.to_owned()));
+        push_rid_list(&mut sql, rows);
+        sql.text.push(')');
+        if let Some(t) = target_type {
+            sql.text.push_str(" AND x.target_type = ?");
+            sql.args.push(Arg::Text(t.to_owned()));
+        }
+        sql.text.push_str(") ORDER BY r.rid LIMIT ?");
+        sql.args.push(Arg::Int(limit as i64));
+        self.fetch_rows(&sql).await
+    }
+
+    async fn revinclude(
+        &self,
+        rows: &[Stored],
+        source_type: &str,
+        param: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<Stored>> {
+        if rows.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut sql = Sql::default();
+        sql.text = format!(
+            "SELECT {ROW_COLUMNS} FROM resources r JOIN versions v ON v.vid = r.vid WHERE r.res_type = ? AND r.deleted = 0 \
+             AND r.rid IN (SELECT x.rid FROM idx_reference x WHERE x.param = ? AND ("
+        );
+        sql.args.push(Arg::Text(source_type.to_owned()));
+        sql.args.push(Arg::Text(param.to_owned()));
+        for (i, row) in rows.iter().enumerate() {
+            if i > 0 {
+                sql.text.push_str(" OR ");
+            }
+            sql.text.push_str("(x.target_id = ? AND x.target_type = ?)");
+            sql.args.push(Arg::Text(row.id.clone()));
+            sql.args.push(Arg::Text(row.ty.clone()));
+        }
+        sql.text.push_str(")) ORDER BY r.rid LIMIT ?");
+        sql.args.push(Arg::Int(limit as i64));
+        self.fetch_rows(&sql).await
+    }
+
+    async fn begin(&self) -> StoreResult<Box<dyn StoreTx>> {
+        let mut guard = self.writer.clone().lock_owned().await;
+        if guard.open {
+            guard.conn.execute("ROLLBACK").await.map_err(err)?;
+            guard.open = false;
+        }
+        guard.conn.execute("BEGIN IMMEDIATE").await.map_err(err)?;
+        guard.open = true;
+        Ok(Box::new(SqliteTx { guard }))
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.readers)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+}
+
+impl SqliteStore {
+    async fn fetch_rows(&self, sql: &Sql) -> StoreResult<Vec<Stored>> {
+        let text = sql.render(Dialect::Sqlite);
+        let rows = bind_all(sqlx::query(&text), &sql.args)
+            .fetch_all(&self.readers)
+            .await
+            .map_err(err)?;
+        rows.iter()
+            .map(stored)
+            .collect::<Result<_, _>>()
+            .map_err(err)
+    }
+}
+
+fn push_rid_list(sql: &mut Sql, rows: &[Stored]) {
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            sql.text.push(',');
+        }
+        sql.text.push('?');
+        sql.args.push(Arg::Int(r.rid));
+    }
+}
+
+struct SqliteTx {
+    guard: OwnedMutexGuard<Writer>,
+}
+
+impl SqliteTx {
+    fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.guard.conn
+    }
+}
+
+#[async_trait]
+impl StoreTx for SqliteTx {
+    async fn current(&mut self, ty: &str, id: &str) -> StoreResult<Option<Current>> {
+        let row =
+            sqlx::query("SELECT version, deleted FROM resources WHERE res_type = ? AND res_id = ?")
+                .bind(ty)
+                .bind(id)
+                .fetch_optional(self.conn())
+                .await
+                .map_err(err)?;
+        row.map(|r| -> Result<Current, sqlx::Error> {
+            Ok(Current {
+                version: r.try_get(0)?,
+                deleted: r.try_get::<i64, _>(1)? != 0,
+            })
+        })
+        .transpose()
+        .map_err(err)
+    }
+
+    async fn find_ids(&mut self, plan: &SearchPlan) -> StoreResult<Vec<String>> {
+        let sql = sql::search_ids(plan);
+        let text = sql.render(Dialect::Sqlite);
+        let rows = bind_all(sqlx::query(&text), &sql.args)
+            .fetch_all(self.conn())
+            .await
+            .map_err(err)?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()
+            .map_err(err)
+    }
+
+    async fn put(&mut self, v: NewVersion<'_>) -> StoreResult<()> {
+        let conn = self.conn();
+        let vid: i64 = sqlx::query_scalar(
+            "INSERT INTO versions (res_type, res_id, version, last_updated_ms, deleted, method, body) \
+             VALUES (?, ?, ?, ?, 0, ?, ?) RETURNING vid",
+        )
+        .bind(v.ty)
+        .bind(v.id)
+        .bind(v.version)
+        .bind(v.last_updated_ms)
+        .bind(v.method)
+        .bind(v.body)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(err)?;
+        let rid =
+            upsert_current(conn, v.ty, v.id, v.version, vid, v.last_updated_ms, false).await?;
+        write_index(conn, rid, &v.index).await
+    }
+
+    async fn delete(&mut self, ty: &str, id: &str, version: i64, at_ms: i64) -> StoreResult<()> {
+        let conn = self.conn();
+        let vid: i64 = sqlx::query_scalar(
+            "INSERT INTO versions (res_type, res_id, version, last_updated_ms, deleted, method, body) \
+             VALUES (?, ?, ?, ?, 1, 'DELETE', '') RETURNING vid",
+        )
+        .bind(ty)
+        .bind(id)
+        .bind(version)
+        .bind(at_ms)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(err)?;
+        upsert_current(conn, ty, id, version, vid, at_ms, true).await?;
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> StoreResult<()> {
+        self.conn().execute("COMMIT").await.map_err(err)?;
+        self.guard.open = false;
+        Ok(())
+    }
+}
+
+/// Points `resources` at the new version and clears the old index rows; returns the row id.
+async fn upsert_current(
+    conn: &mut SqliteConnection,
+    ty: &str,
+    id: &str,
+    version: i64,
+    vid: i64,
+    at_ms: i64,
+    deleted: bool,
+) -> StoreResult<i64> {
+    let existing: Option<i64> =
+        sqlx::query_scalar("SELECT rid FROM resources WHERE res_type = ? AND res_id = ?")
+            .bind(ty)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(err)?;
+    match existing {
+        Some(rid) => {
+            sqlx::query("UPDATE resources SET version = ?, vid = ?, last_updated_ms = ?, deleted = ? WHERE rid = ?")
+                .bind(version)
+                .bind(vid)
+                .bind(at_ms)
+                .bind(deleted as i64)
+                .bind(rid)
+                .execute(&mut *conn)
+                .await
+                .map_err(err)?;
+            for table in INDEX_TABLES {
+                sqlx::query(&format!("DELETE FROM {table} WHERE rid = ?"))
+                    .bind(rid)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(err)?;
+            }
+            Ok(rid)
+        }
+        None => sqlx::query_scalar(
+            "INSERT INTO resources (res_type, res_id, version, vid, last_updated_ms, deleted) \
+             VALUES (?, ?, ?, ?, ?, ?) RETURNING rid",
+        )
+        .bind(ty)
+        .bind(id)
+        .bind(version)
+        .bind(vid)
+        .bind(at_ms)
+        .bind(deleted as i64)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(err),
+    }
+}
+
+const INDEX_TABLES: [&str; 7] = [
+    "idx_token",
+    "idx_string",
+    "idx_date",
+    "idx_reference",
+    "idx_number",
+    "idx_quantity",
+    "idx_uri",
+];
+
+/// Inserts the index rows, one multi-row statement per table.
+async fn write_index(
+    conn: &mut SqliteConnection,
+    rid: i64,
+    index: &[(&'static str, IndexValue)],
+) -> StoreResult<()> {
+    for (table, columns, rows) in super::index_rows(rid, index) {
+        if rows.is_empty() {
+            continue;
+        }
+        // SQLite allows 32766 bound variables; stay well below in chunks.
+        for chunk in rows.chunks(256) {
+            let mut text = format!("INSERT INTO {table} VALUES ");
+            let placeholders = format!("({})", vec!["?"; columns].join(", "));
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    text.push_str(", ");
+                }
+                text.push_str(&placeholders);
+            }
+            let args: Vec<Arg> = chunk.iter().flatten().cloned().collect();
+            bind_all(sqlx::query(&text), &args)
+                .execute(&mut *conn)
+                .await
+                .map_err(err)?;
+        }
+    }
+    Ok(())
+}
