@@ -16,18 +16,10 @@ pub fn load_config(file: Option<&Path>) -> anyhow::Result<Config> {
 /// Sets up logging on stderr (stdout carries only the `listening on` line).
 pub fn init_logging(config: &Config) {
     use tracing_subscriber::{EnvFilter, fmt};
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
     use std::io::IsTerminal;
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let _ = if config.log.format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let _ = if config.log.format == "json" { builder.json().try_init() } else { builder.try_init() };
 }
 
 /// `nara-gateway serve`: runs until SIGTERM or Ctrl-C, then drains in-flight requests.
@@ -45,10 +37,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = stop_rx.await;
     }));
     shutdown_signal().await;
-    tracing::info!(
-        grace_secs = grace.as_secs(),
-        "shutting down: finishing in-flight requests"
-    );
+    tracing::info!(grace_secs = grace.as_secs(), "shutting down: finishing in-flight requests");
     let _ = stop_tx.send(());
     match tokio::time::timeout(grace, server).await {
         Ok(joined) => joined??,
@@ -60,10 +49,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 /// `nara-gateway migrate`: brings the database schema up to date and exits.
 pub async fn migrate(config: Config) -> anyhow::Result<()> {
     crate::store::open(&config.database).await?;
-    println!(
-        "database schema is up to date ({})",
-        redact_url(&config.database.url)
-    );
+    println!("database schema is up to date ({})", redact_url(&config.database.url));
     Ok(())
 }
 
@@ -104,13 +90,7 @@ async fn shutdown_signal() {
 mod tests {
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(
-            super::redact_url("postgres://u:secret@h/db"),
-            "postgres://u:***@h/db"
-        );
-        assert_eq!(
-            super::redact_url("sqlite://data/nara.db"),
-            "sqlite://data/nara.db"
-        );
+        assert_eq!(super::redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(super::redact_url("sqlite://data/nara.db"), "sqlite://data/nara.db");
     }
 }

@@ -59,11 +59,7 @@ pub struct DatabaseConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        DatabaseConfig {
-            url: "sqlite://data/nara.db".into(),
-            max_connections: 8,
-            sqlite_synchronous: "full".into(),
-        }
+        DatabaseConfig { url: "sqlite://data/nara.db".into(), max_connections: 8, sqlite_synchronous: "full".into() }
     }
 }
 
@@ -82,12 +78,7 @@ pub struct FhirConfig {
 
 impl Default for FhirConfig {
     fn default() -> Self {
-        FhirConfig {
-            default_count: 50,
-            max_count: 1000,
-            max_include: 1000,
-            max_bundle_entries: 10_000,
-        }
+        FhirConfig { default_count: 50, max_count: 1000, max_include: 1000, max_bundle_entries: 10_000 }
     }
 }
 
@@ -103,10 +94,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: "text".into(),
-            level: "info".into(),
-        }
+        LogConfig { format: "text".into(), level: "info".into() }
     }
 }
 
@@ -114,10 +102,7 @@ impl Default for LogConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("config file {path} is not valid TOML: {message}")]
     Syntax { path: String, message: String },
     #[error("config key `{key}`: {message}")]
@@ -125,102 +110,63 @@ pub enum ConfigError {
 }
 
 fn key_error(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Key {
-        key: key.into(),
-        message: message.into(),
-    }
+    ConfigError::Key { key: key.into(), message: message.into() }
 }
 
 impl Config {
     /// Loads the configuration: defaults, then `file` (or `nara-gateway.toml`
     /// when present and no file is named), then the `NARA_*` variables in `env`.
-    pub fn load(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
-        let mut table =
-            toml::Table::try_from(Config::default()).map_err(|e| key_error("", e.to_string()))?;
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let mut table = toml::Table::try_from(Config::default()).map_err(|e| key_error("", e.to_string()))?;
         let default_file = Path::new("nara-gateway.toml");
         let file = file.or_else(|| default_file.exists().then_some(default_file));
         if let Some(path) = file {
             let shown = path.display().to_string();
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: shown.clone(),
-                source,
-            })?;
-            let file_table: toml::Table =
-                text.parse()
-                    .map_err(|e: toml::de::Error| ConfigError::Syntax {
-                        path: shown,
-                        message: e.to_string(),
-                    })?;
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+            let file_table: toml::Table = text
+                .parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax { path: shown, message: e.to_string() })?;
             merge(&mut table, file_table);
         }
-        let overrides: BTreeMap<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("NARA_"))
-            .collect();
+        let overrides: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("NARA_")).collect();
         for (name, raw) in overrides {
-            let path: Vec<String> = name["NARA_".len()..]
-                .split("__")
-                .map(|s| s.to_ascii_lowercase())
-                .collect();
+            let path: Vec<String> = name["NARA_".len()..].split("__").map(|s| s.to_ascii_lowercase()).collect();
             set_from_env(&mut table, &path, &raw)?;
         }
-        let config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let key = e.path().to_string();
-                key_error(
-                    if key == "." { "" } else { &key },
-                    e.into_inner().to_string(),
-                )
-            })?;
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            key_error(if key == "." { "" } else { &key }, e.into_inner().to_string())
+        })?;
         config.validate()?;
         Ok(config)
     }
 
     /// Checks what types alone cannot.
     fn validate(&self) -> Result<(), ConfigError> {
-        self.server.listen.parse::<SocketAddr>().map_err(|_| {
-            key_error(
-                "server.listen",
-                format!("`{}` is not an address:port", self.server.listen),
-            )
-        })?;
+        self.server
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|_| key_error("server.listen", format!("`{}` is not an address:port", self.server.listen)))?;
         let base = &self.server.public_base_url;
-        if !base.is_empty() && !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(key_error(
-                "server.public_base_url",
-                "must be an absolute http:// or https:// URL",
-            ));
+        if !(base.is_empty() || base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(key_error("server.public_base_url", "must be an absolute http:// or https:// URL"));
         }
         if self.server.max_body_bytes < 1024 {
             return Err(key_error("server.max_body_bytes", "must be at least 1024"));
         }
         let url = &self.database.url;
-        if !(url.starts_with("sqlite:")
-            || url.starts_with("postgres://")
-            || url.starts_with("postgresql://"))
-        {
-            return Err(key_error(
-                "database.url",
-                "must start with sqlite:// or postgres://",
-            ));
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(key_error("database.url", "must start with sqlite:// or postgres://"));
         }
         if self.database.max_connections == 0 {
             return Err(key_error("database.max_connections", "must be at least 1"));
         }
         if !matches!(self.database.sqlite_synchronous.as_str(), "full" | "normal") {
-            return Err(key_error(
-                "database.sqlite_synchronous",
-                "must be `full` or `normal`",
-            ));
+            return Err(key_error("database.sqlite_synchronous", "must be `full` or `normal`"));
         }
         if self.fhir.default_count == 0 || self.fhir.default_count > self.fhir.max_count {
-            return Err(key_error(
-                "fhir.default_count",
-                "must be between 1 and fhir.max_count",
-            ));
+            return Err(key_error("fhir.default_count", "must be between 1 and fhir.max_count"));
         }
         if self.fhir.max_bundle_entries == 0 {
             return Err(key_error("fhir.max_bundle_entries", "must be at least 1"));
@@ -253,42 +199,30 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 /// Sets one `NARA_A__B` override, typed like the value it replaces.
 fn set_from_env(table: &mut toml::Table, path: &[String], raw: &str) -> Result<(), ConfigError> {
     let key = path.join(".");
-    let (last, parents) = path
-        .split_last()
-        .ok_or_else(|| key_error(&key, "empty variable name"))?;
+    let (last, parents) = path.split_last().ok_or_else(|| key_error(&key, "empty variable name"))?;
     let mut at = table;
     for p in parents {
-        let entry = at
-            .entry(p.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = at.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         at = match entry {
             toml::Value::Table(t) => t,
             _ => return Err(key_error(&key, format!("`{p}` is not a table"))),
         };
     }
     let value = match at.get(last) {
-        Some(toml::Value::Integer(_)) => toml::Value::Integer(
-            raw.trim()
-                .parse()
-                .map_err(|_| key_error(&key, format!("`{raw}` is not an integer")))?,
-        ),
+        Some(toml::Value::Integer(_)) => {
+            toml::Value::Integer(raw.trim().parse().map_err(|_| key_error(&key, format!("`{raw}` is not an integer")))?)
+        }
         Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
-            raw.trim()
-                .parse()
-                .map_err(|_| key_error(&key, format!("`{raw}` is not true or false")))?,
+            raw.trim().parse().map_err(|_| key_error(&key, format!("`{raw}` is not true or false")))?,
         ),
-        Some(toml::Value::Float(_)) => toml::Value::Float(
-            raw.trim()
-                .parse()
-                .map_err(|_| key_error(&key, format!("`{raw}` is not a number")))?,
-        ),
+        Some(toml::Value::Float(_)) => {
+            toml::Value::Float(raw.trim().parse().map_err(|_| key_error(&key, format!("`{raw}` is not a number")))?)
+        }
         Some(toml::Value::Array(_)) => {
             let doc: toml::Table = format!("v = {raw}")
                 .parse()
                 .map_err(|_| key_error(&key, "expects a TOML array, e.g. [\"a\", \"b\"]"))?;
-            doc.get("v")
-                .cloned()
-                .unwrap_or(toml::Value::Array(Vec::new()))
+            doc.get("v").cloned().unwrap_or(toml::Value::Array(Vec::new()))
         }
         _ => toml::Value::String(raw.to_owned()),
     };
@@ -301,28 +235,17 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
     fn env_overrides_file_and_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
-        std::fs::write(
-            &file,
-            "[server]\nlisten = \"127.0.0.1:9000\"\n[fhir]\nmax_count = 500\n",
-        )
-        .unwrap();
+        std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:9000\"\n[fhir]\nmax_count = 500\n").unwrap();
         let c = Config::load(
             Some(&file),
-            env(&[
-                ("NARA_SERVER__LISTEN", "127.0.0.1:0"),
-                ("NARA_FHIR__DEFAULT_COUNT", "20"),
-                ("OTHER", "x"),
-            ]),
+            env(&[("NARA_SERVER__LISTEN", "127.0.0.1:0"), ("NARA_FHIR__DEFAULT_COUNT", "20"), ("OTHER", "x")]),
         )
         .unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:0");
@@ -333,25 +256,17 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = Config::load(None, env(&[("NARA_SERVER__LISEN", "x")]))
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(None, env(&[("NARA_SERVER__LISEN", "x")])).unwrap_err().to_string();
         assert!(err.contains("server") && err.contains("lisen"), "{err}");
     }
 
     #[test]
     fn wrong_type_and_bad_values_are_named() {
-        let err = Config::load(None, env(&[("NARA_FHIR__MAX_COUNT", "many")]))
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(None, env(&[("NARA_FHIR__MAX_COUNT", "many")])).unwrap_err().to_string();
         assert!(err.contains("fhir.max_count"), "{err}");
-        let err = Config::load(None, env(&[("NARA_SERVER__LISTEN", "nowhere")]))
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(None, env(&[("NARA_SERVER__LISTEN", "nowhere")])).unwrap_err().to_string();
         assert!(err.contains("server.listen"), "{err}");
-        let err = Config::load(None, env(&[("NARA_DATABASE__URL", "mysql://x")]))
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(None, env(&[("NARA_DATABASE__URL", "mysql://x")])).unwrap_err().to_string();
         assert!(err.contains("database.url"), "{err}");
     }
 

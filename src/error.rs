@@ -24,32 +24,17 @@ pub struct Issue {
 
 impl Issue {
     pub fn error(code: &'static str, diagnostics: impl Into<String>) -> Self {
-        Issue {
-            severity: "error",
-            code,
-            diagnostics: diagnostics.into(),
-            expression: None,
-        }
+        Issue { severity: "error", code, diagnostics: diagnostics.into(), expression: None }
     }
     pub fn at(mut self, expression: impl Into<String>) -> Self {
         self.expression = Some(expression.into());
         self
     }
     pub fn warning(code: &'static str, diagnostics: impl Into<String>) -> Self {
-        Issue {
-            severity: "warning",
-            code,
-            diagnostics: diagnostics.into(),
-            expression: None,
-        }
+        Issue { severity: "warning", code, diagnostics: diagnostics.into(), expression: None }
     }
     pub fn information(code: &'static str, diagnostics: impl Into<String>) -> Self {
-        Issue {
-            severity: "information",
-            code,
-            diagnostics: diagnostics.into(),
-            expression: None,
-        }
+        Issue { severity: "information", code, diagnostics: diagnostics.into(), expression: None }
     }
 }
 
@@ -123,11 +108,7 @@ pub enum ApiError {
 
 impl ApiError {
     /// 400 with a single located issue.
-    pub fn invalid_at(
-        code: &'static str,
-        diagnostics: impl Into<String>,
-        expression: impl Into<String>,
-    ) -> Self {
+    pub fn invalid_at(code: &'static str, diagnostics: impl Into<String>, expression: impl Into<String>) -> Self {
         ApiError::Invalid(vec![Issue::error(code, diagnostics).at(expression)])
     }
     /// 400 with a single unlocated issue.
@@ -169,10 +150,7 @@ impl ApiError {
             ApiError::PreconditionFailed(m) => one("conflict", m),
             ApiError::PayloadTooLarge(m) => one("too-costly", m),
             ApiError::UnsupportedMediaType(m) => one("not-supported", m),
-            ApiError::Internal(_) => one(
-                "exception",
-                "internal server error; the incident was logged",
-            ),
+            ApiError::Internal(_) => one("exception", "internal server error; the incident was logged"),
             ApiError::Unavailable(m) => one("transient", m),
         }
     }
@@ -202,13 +180,9 @@ impl IntoResponse for ApiError {
         }
         let body = self.outcome().to_json();
         let mut resp = (status, body).into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(crate::fhir::FHIR_JSON),
-        );
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::fhir::FHIR_JSON));
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }

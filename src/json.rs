@@ -37,11 +37,7 @@ impl Number {
     }
     /// The value as i64 when it is an integer that fits.
     pub fn as_i64(&self) -> Option<i64> {
-        if self.is_integer() {
-            self.0.parse().ok()
-        } else {
-            None
-        }
+        if self.is_integer() { self.0.parse().ok() } else { None }
     }
     /// The value as f64 (may round; never use it to write the number back).
     pub fn as_f64(&self) -> f64 {
@@ -53,11 +49,7 @@ impl Number {
     }
     /// Builds a number from text, checking it is valid JSON number syntax.
     pub fn parse(text: &str) -> Option<Self> {
-        let mut p = Parser {
-            src: text.as_bytes(),
-            pos: 0,
-            depth: 0,
-        };
+        let mut p = Parser { src: text.as_bytes(), pos: 0, depth: 0 };
         match p.number() {
             Ok(Value::Number(n)) if p.pos == text.len() => Some(n),
             _ => None,
@@ -109,11 +101,7 @@ impl Object {
             *slot = value;
             return;
         }
-        let at = self
-            .0
-            .iter()
-            .position(|(k, _)| k == after)
-            .map_or(0, |i| i + 1);
+        let at = self.0.iter().position(|(k, _)| k == after).map_or(0, |i| i + 1);
         self.0.insert(at, (key, value));
     }
     pub fn remove(&mut self, key: &str) -> Option<Value> {
@@ -320,9 +308,7 @@ impl From<serde_json::Value> for Value {
             serde_json::Value::Number(n) => Value::Number(Number(n.to_string().into_boxed_str())),
             serde_json::Value::String(s) => Value::String(s),
             serde_json::Value::Array(a) => Value::Array(a.into_iter().map(Value::from).collect()),
-            serde_json::Value::Object(o) => {
-                Value::Object(o.into_iter().map(|(k, v)| (k, Value::from(v))).collect())
-            }
+            serde_json::Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, Value::from(v))).collect()),
         }
     }
 }
@@ -369,11 +355,7 @@ pub struct ParseError {
 /// comments, no duplicate keys, no trailing content). A leading UTF-8 BOM is skipped.
 pub fn parse(src: &[u8]) -> Result<Value, ParseError> {
     let src = src.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(src);
-    let mut p = Parser {
-        src,
-        pos: 0,
-        depth: 0,
-    };
+    let mut p = Parser { src, pos: 0, depth: 0 };
     let mut path = Vec::new();
     p.skip_ws();
     let v = p.value(&mut path).map_err(|m| p.error(m, &path))?;
@@ -414,12 +396,7 @@ impl Parser<'_> {
                 Seg::Index(i) => p.push_str(&format!("[{i}]")),
             }
         }
-        ParseError {
-            message,
-            line,
-            column,
-            path: p,
-        }
+        ParseError { message, line, column, path: p }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -451,10 +428,7 @@ impl Parser<'_> {
             Some(b'f') => self.expect_literal(b"false", Value::Bool(false)),
             Some(b'n') => self.expect_literal(b"null", Value::Null),
             Some(b'-' | b'0'..=b'9') => self.number(),
-            Some(b) => Err(format!(
-                "unexpected character '{}'",
-                char::from(b).escape_default()
-            )),
+            Some(b) => Err(format!("unexpected character '{}'", char::from(b).escape_default())),
         }
     }
 
@@ -493,9 +467,7 @@ impl Parser<'_> {
             self.skip_ws();
             path.push(Seg::Key(key));
             let v = self.value(path)?;
-            let Some(Seg::Key(key)) = path.pop() else {
-                unreachable!("pushed a key above")
-            };
+            let Some(Seg::Key(key)) = path.pop() else { unreachable!("pushed a key above") };
             members.push((key, v));
             self.skip_ws();
             match self.peek() {
@@ -578,10 +550,7 @@ impl Parser<'_> {
     }
 
     fn hex4(&mut self) -> PResult<u32> {
-        let hex = self
-            .src
-            .get(self.pos..self.pos + 4)
-            .ok_or("incomplete \\u escape")?;
+        let hex = self.src.get(self.pos..self.pos + 4).ok_or("incomplete \\u escape")?;
         let text = std::str::from_utf8(hex).map_err(|_| "invalid \\u escape")?;
         let v = u32::from_str_radix(text, 16).map_err(|_| "invalid \\u escape")?;
         self.pos += 4;
@@ -599,8 +568,8 @@ impl Parser<'_> {
                 }
                 self.pos += 1;
             }
-            let chunk = std::str::from_utf8(&self.src[start..self.pos])
-                .map_err(|_| "string is not valid UTF-8".to_string())?;
+            let chunk =
+                std::str::from_utf8(&self.src[start..self.pos]).map_err(|_| "string is not valid UTF-8".to_string())?;
             out.push_str(chunk);
             match self.peek() {
                 None => return Err("unterminated string".into()),
@@ -636,8 +605,7 @@ impl Parser<'_> {
                             } else {
                                 hi
                             };
-                            let c = char::from_u32(code)
-                                .ok_or("unpaired UTF-16 surrogate in \\u escape")?;
+                            let c = char::from_u32(code).ok_or("unpaired UTF-16 surrogate in \\u escape")?;
                             out.push(c);
                         }
                         _ => return Err("invalid escape in string".into()),
@@ -673,28 +641,14 @@ mod tests {
 
     #[test]
     fn rejects_trailing_content_comma_and_bad_numbers() {
-        for bad in [
-            "{} x",
-            "[1,]",
-            "{\"a\":1,}",
-            "01",
-            "1.",
-            "-",
-            "1e",
-            "NaN",
-            "\"\t\"",
-            "[\"\\x\"]",
-        ] {
+        for bad in ["{} x", "[1,]", "{\"a\":1,}", "01", "1.", "-", "1e", "NaN", "\"\t\"", "[\"\\x\"]"] {
             assert!(parse(bad.as_bytes()).is_err(), "accepted {bad:?}");
         }
     }
 
     #[test]
     fn decodes_surrogate_pairs_and_rejects_lone_ones() {
-        assert_eq!(
-            parse(br#""\ud83d\ude00""#).unwrap(),
-            Value::String("😀".into())
-        );
+        assert_eq!(parse(br#""\ud83d\ude00""#).unwrap(), Value::String("😀".into()));
         assert!(parse(br#""\ud83d""#).is_err());
         assert!(parse(br#""\ude00""#).is_err());
     }
@@ -702,12 +656,7 @@ mod tests {
     #[test]
     fn limits_nesting_depth() {
         let deep = "[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1);
-        assert!(
-            parse(deep.as_bytes())
-                .unwrap_err()
-                .message
-                .contains("nesting")
-        );
+        assert!(parse(deep.as_bytes()).unwrap_err().message.contains("nesting"));
         let ok = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);
         assert!(parse(ok.as_bytes()).is_ok());
     }

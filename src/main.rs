@@ -28,9 +28,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = nara_gateway::cli::load_config(cli.config.as_deref())?;
     nara_gateway::cli::init_logging(&config);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => nara_gateway::cli::serve(config).await,

@@ -18,9 +18,7 @@ use axum::{
 use crate::app::AppState;
 
 /// Upper bounds of the latency buckets, in seconds.
-const BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-];
+const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
 #[derive(Default)]
 struct Series {
@@ -61,10 +59,8 @@ impl Metrics {
         out.push_str("# TYPE nara_http_requests_total counter\n");
         if let Ok(m) = self.by_status.lock() {
             for ((interaction, status), n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "nara_http_requests_total{{interaction=\"{interaction}\",status=\"{status}\"}} {n}"
-                );
+                let _ =
+                    writeln!(out, "nara_http_requests_total{{interaction=\"{interaction}\",status=\"{status}\"}} {n}");
             }
         }
         out.push_str("# HELP nara_http_request_duration_seconds Request latency by interaction.\n");
@@ -127,10 +123,7 @@ pub fn interaction(method: &Method, route: Option<&str>) -> &'static str {
 pub async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
     let resp = next.run(req).await;
     let elapsed = start.elapsed();
     let name = interaction(&method, route.as_deref());
@@ -157,9 +150,7 @@ mod tests {
         m.record("read", 404, Duration::from_millis(30));
         let text = m.render();
         assert!(text.contains("nara_http_requests_total{interaction=\"read\",status=\"200\"} 1"));
-        assert!(text.contains(
-            "nara_http_request_duration_seconds_bucket{interaction=\"read\",le=\"0.001\"} 1"
-        ));
+        assert!(text.contains("nara_http_request_duration_seconds_bucket{interaction=\"read\",le=\"0.001\"} 1"));
         assert!(text.contains("nara_http_request_duration_seconds_count{interaction=\"read\"} 2"));
     }
 

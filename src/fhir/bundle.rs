@@ -58,11 +58,7 @@ impl BundleWriter {
     }
 
     fn open_entry(&mut self) {
-        self.out.push_str(if self.entries == 0 {
-            ",\"entry\":[{"
-        } else {
-            ",{"
-        });
+        self.out.push_str(if self.entries == 0 { ",\"entry\":[{" } else { ",{" });
         self.entries += 1;
     }
 
@@ -90,11 +86,7 @@ impl BundleWriter {
             self.out.push_str(",\"resource\":");
             self.out.push_str(&r.body);
         }
-        let url = if r.method == "POST" {
-            r.ty.clone()
-        } else {
-            format!("{}/{}", r.ty, r.id)
-        };
+        let url = if r.method == "POST" { r.ty.clone() } else { format!("{}/{}", r.ty, r.id) };
         self.out.push_str(",\"request\":{\"method\":");
         push_str(&mut self.out, r.method);
         self.out.push_str(",\"url\":");
@@ -157,10 +149,7 @@ impl BundleWriter {
         }
         self.out.push_str("\"response\":{\"status\":");
         let reason = answer.status.canonical_reason().unwrap_or("");
-        push_str(
-            &mut self.out,
-            format!("{} {reason}", answer.status.as_u16()).trim_end(),
-        );
+        push_str(&mut self.out, format!("{} {reason}", answer.status.as_u16()).trim_end());
         if let Some(loc) = &answer.location {
             self.out.push_str(",\"location\":");
             push_str(&mut self.out, loc);
@@ -194,40 +183,13 @@ impl BundleWriter {
 /// One parsed entry of a batch or transaction.
 #[derive(Debug)]
 enum Op {
-    Read {
-        ty: String,
-        id: String,
-        version: Option<String>,
-    },
-    Search {
-        ty: String,
-        query: String,
-    },
-    Create {
-        ty: String,
-        body: Value,
-        if_none_exist: Option<String>,
-    },
-    Update {
-        ty: String,
-        id: String,
-        body: Value,
-        if_match: Option<String>,
-    },
-    ConditionalUpdate {
-        ty: String,
-        criteria: String,
-        body: Value,
-    },
-    Delete {
-        ty: String,
-        id: String,
-        if_match: Option<String>,
-    },
-    ConditionalDelete {
-        ty: String,
-        criteria: String,
-    },
+    Read { ty: String, id: String, version: Option<String> },
+    Search { ty: String, query: String },
+    Create { ty: String, body: Value, if_none_exist: Option<String> },
+    Update { ty: String, id: String, body: Value, if_match: Option<String> },
+    ConditionalUpdate { ty: String, criteria: String, body: Value },
+    Delete { ty: String, id: String, if_match: Option<String> },
+    ConditionalDelete { ty: String, criteria: String },
 }
 
 impl Op {
@@ -248,34 +210,31 @@ struct Entry {
 }
 
 /// `POST /fhir` with a batch or transaction Bundle.
-pub async fn process(
-    st: &AppState,
-    body: Value,
-    ret: Return,
-    base: &str,
-) -> Result<Answer, ApiError> {
+pub async fn process(st: &AppState, body: Value, ret: Return, base: &str) -> Result<Answer, ApiError> {
+    let Value::Object(mut obj) = body else {
+        return Err(ApiError::invalid_at("structure", "a Bundle must be a JSON object", "Bundle"));
+    };
+    let is_batch = obj.get("type").and_then(Value::as_str) == Some("batch");
+    // A batch's entries succeed or fail one by one, so their resources are
+    // validated with their entry, not as part of the Bundle.
+    let mut batch_resources = Vec::new();
+    if is_batch && let Some(Value::Array(entries)) = obj.get_mut("entry") {
+        batch_resources = entries.iter_mut().map(|e| e.as_object_mut().and_then(|o| o.remove("resource"))).collect();
+    }
+    let body = Value::Object(obj);
     resource::check(&body, "Bundle", None)?;
-    let kind = body
-        .get("type")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
+    let Value::Object(mut obj) = body else {
+        return Err(ApiError::invalid_at("structure", "a Bundle must be a JSON object", "Bundle"));
+    };
+    let kind = obj.get("type").and_then(Value::as_str).unwrap_or("").to_owned();
     if kind != "batch" && kind != "transaction" {
         return Err(ApiError::invalid_at(
             "invalid",
-            format!(
-                "a Bundle posted to the base must be of type batch or transaction, not `{kind}`"
-            ),
+            format!("a Bundle posted to the base must be of type batch or transaction, not `{kind}`"),
             "Bundle.type",
         ));
     }
-    let Value::Object(mut obj) = body else {
-        return Err(ApiError::invalid(
-            "structure",
-            "a Bundle must be a JSON object",
-        ));
-    };
-    let entries = match obj.remove("entry") {
+    let mut entries = match obj.remove("entry") {
         Some(Value::Array(e)) => e,
         _ => Vec::new(),
     };
@@ -286,12 +245,14 @@ pub async fn process(
             st.config.fhir.max_bundle_entries
         )));
     }
-    let parsed: Vec<Result<Entry, ApiError>> = entries
-        .into_iter()
-        .enumerate()
-        .map(|(i, e)| parse_entry(i, e, base))
-        .collect();
-    if kind == "batch" {
+    for (entry, resource) in entries.iter_mut().zip(batch_resources) {
+        if let (Some(e), Some(r)) = (entry.as_object_mut(), resource) {
+            e.insert("resource", r);
+        }
+    }
+    let parsed: Vec<Result<Entry, ApiError>> =
+        entries.into_iter().enumerate().map(|(i, e)| parse_entry(i, e, base)).collect();
+    if is_batch {
         return Ok(batch(st, parsed, ret, base).await);
     }
     let mut ok = Vec::with_capacity(parsed.len());
@@ -304,27 +265,16 @@ pub async fn process(
 fn parse_entry(index: usize, entry: Value, base: &str) -> Result<Entry, ApiError> {
     let at = |field: &str| format!("Bundle.entry[{index}].{field}");
     let Value::Object(mut e) = entry else {
-        return Err(ApiError::invalid_at(
-            "structure",
-            "entry must be an object",
-            format!("Bundle.entry[{index}]"),
-        ));
+        return Err(ApiError::invalid_at("structure", "entry must be an object", format!("Bundle.entry[{index}]")));
     };
     let full_url = e.get("fullUrl").and_then(Value::as_str).map(str::to_owned);
     let body = e.remove("resource");
     let request = e.get("request").and_then(Value::as_object).ok_or_else(|| {
-        ApiError::invalid_at(
-            "required",
-            "entry.request is required in batch and transaction Bundles",
-            at("request"),
-        )
+        ApiError::invalid_at("required", "entry.request is required in batch and transaction Bundles", at("request"))
     })?;
     let method = request.get("method").and_then(Value::as_str).unwrap_or("");
     let raw_url = request.get("url").and_then(Value::as_str).unwrap_or("");
-    let url = raw_url
-        .strip_prefix(base)
-        .map(|u| u.trim_start_matches('/'))
-        .unwrap_or(raw_url);
+    let url = raw_url.strip_prefix(base).map(|u| u.trim_start_matches('/')).unwrap_or(raw_url);
     let header = |name: &str| request.get(name).and_then(Value::as_str).map(str::to_owned);
     let (path, query) = match url.split_once('?') {
         Some((p, q)) => (p, Some(q)),
@@ -340,11 +290,7 @@ fn parse_entry(index: usize, entry: Value, base: &str) -> Result<Entry, ApiError
     };
     let need_body = |body: Option<Value>, ty: &str| -> Result<Value, ApiError> {
         let b = body.ok_or_else(|| {
-            ApiError::invalid_at(
-                "required",
-                format!("{method} needs entry.resource"),
-                at("resource"),
-            )
+            ApiError::invalid_at("required", format!("{method} needs entry.resource"), at("resource"))
         })?;
         if b.get("resourceType").and_then(Value::as_str) != Some(ty) {
             return Err(ApiError::invalid_at(
@@ -356,51 +302,29 @@ fn parse_entry(index: usize, entry: Value, base: &str) -> Result<Entry, ApiError
         Ok(b)
     };
     let op = match (method, segments.as_slice(), query) {
-        ("GET" | "HEAD", [ty, id], None) => Op::Read {
-            ty: ty.to_string(),
-            id: id.to_string(),
-            version: None,
-        },
-        ("GET" | "HEAD", [ty, id, "_history", v], None) => Op::Read {
-            ty: ty.to_string(),
-            id: id.to_string(),
-            version: Some(v.to_string()),
-        },
-        ("GET" | "HEAD", [ty], q) => Op::Search {
-            ty: ty.to_string(),
-            query: q.unwrap_or("").to_owned(),
-        },
-        ("POST", [ty], None) => Op::Create {
-            ty: ty.to_string(),
-            body: need_body(body, ty)?,
-            if_none_exist: header("ifNoneExist"),
-        },
+        ("GET" | "HEAD", [ty, id], None) => Op::Read { ty: ty.to_string(), id: id.to_string(), version: None },
+        ("GET" | "HEAD", [ty, id, "_history", v], None) => {
+            Op::Read { ty: ty.to_string(), id: id.to_string(), version: Some(v.to_string()) }
+        }
+        ("GET" | "HEAD", [ty], q) => Op::Search { ty: ty.to_string(), query: q.unwrap_or("").to_owned() },
+        ("POST", [ty], None) => {
+            Op::Create { ty: ty.to_string(), body: need_body(body, ty)?, if_none_exist: header("ifNoneExist") }
+        }
         ("PUT", [ty, id], None) => Op::Update {
             ty: ty.to_string(),
             id: id.to_string(),
             body: need_body(body, ty)?,
             if_match: header("ifMatch"),
         },
-        ("PUT", [ty], Some(q)) => Op::ConditionalUpdate {
-            ty: ty.to_string(),
-            criteria: q.to_owned(),
-            body: need_body(body, ty)?,
-        },
-        ("DELETE", [ty, id], None) => Op::Delete {
-            ty: ty.to_string(),
-            id: id.to_string(),
-            if_match: header("ifMatch"),
-        },
-        ("DELETE", [ty], Some(q)) => Op::ConditionalDelete {
-            ty: ty.to_string(),
-            criteria: q.to_owned(),
-        },
+        ("PUT", [ty], Some(q)) => {
+            Op::ConditionalUpdate { ty: ty.to_string(), criteria: q.to_owned(), body: need_body(body, ty)? }
+        }
+        ("DELETE", [ty, id], None) => {
+            Op::Delete { ty: ty.to_string(), id: id.to_string(), if_match: header("ifMatch") }
+        }
+        ("DELETE", [ty], Some(q)) => Op::ConditionalDelete { ty: ty.to_string(), criteria: q.to_owned() },
         ("PATCH", _, _) => {
-            return Err(ApiError::invalid_at(
-                "not-supported",
-                "PATCH is not supported",
-                at("request.method"),
-            ));
+            return Err(ApiError::invalid_at("not-supported", "PATCH is not supported", at("request.method")));
         }
         _ => return Err(bad_url()),
     };
@@ -415,12 +339,7 @@ fn error_answer(e: &ApiError) -> Answer {
     Answer::new(e.status(), Payload::Json(e.outcome()))
 }
 
-async fn batch(
-    st: &AppState,
-    entries: Vec<Result<Entry, ApiError>>,
-    ret: Return,
-    base: &str,
-) -> Answer {
+async fn batch(st: &AppState, entries: Vec<Result<Entry, ApiError>>, ret: Return, base: &str) -> Answer {
     let mut w = BundleWriter::new("batch-response", None, &[]);
     for (index, entry) in entries.into_iter().enumerate() {
         let answer = match entry {
@@ -437,60 +356,33 @@ async fn batch(
 
 /// One batch entry, as if it had been its own request.
 async fn run_single(st: &AppState, op: Op, ret: Return, base: &str) -> Result<Answer, ApiError> {
-    if let Op::Create { body, .. } | Op::Update { body, .. } | Op::ConditionalUpdate { body, .. } =
-        &op
-    {
+    if let Op::Create { body, .. } | Op::Update { body, .. } | Op::ConditionalUpdate { body, .. } = &op {
         let refs = local_references(body);
         if let Some(r) = refs.first() {
             return Err(ApiError::invalid(
                 "invalid",
-                format!(
-                    "reference `{r}` points into the Bundle; that needs a transaction, not a batch"
-                ),
+                format!("reference `{r}` points into the Bundle; that needs a transaction, not a batch"),
             ));
         }
     }
     let answer = match op {
-        Op::Read {
-            ty,
-            id,
-            version: None,
-        } => interactions::read(st, &ty, &id, &ReadConditions::default()).await?,
-        Op::Read {
-            ty,
-            id,
-            version: Some(v),
-        } => interactions::vread(st, &ty, &id, &v).await?,
+        Op::Read { ty, id, version: None } => interactions::read(st, &ty, &id, &ReadConditions::default()).await?,
+        Op::Read { ty, id, version: Some(v) } => interactions::vread(st, &ty, &id, &v).await?,
         Op::Search { ty, query } => {
             let pairs = crate::fhir::search::parse_query_string(&query);
             interactions::search(st, &ty, &pairs, false, base).await?
         }
-        Op::Create {
-            ty,
-            body,
-            if_none_exist,
-        } => interactions::create(st, &ty, body, if_none_exist.as_deref(), base)
-            .await?
-            .with_return(ret),
-        Op::Update {
-            ty,
-            id,
-            body,
-            if_match,
-        } => interactions::update(st, &ty, &id, body, if_match.as_deref())
-            .await?
-            .with_return(ret),
+        Op::Create { ty, body, if_none_exist } => {
+            interactions::create(st, &ty, body, if_none_exist.as_deref(), base).await?.with_return(ret)
+        }
+        Op::Update { ty, id, body, if_match } => {
+            interactions::update(st, &ty, &id, body, if_match.as_deref()).await?.with_return(ret)
+        }
         Op::ConditionalUpdate { ty, criteria, body } => {
-            interactions::conditional_update(st, &ty, &criteria, body, base)
-                .await?
-                .with_return(ret)
+            interactions::conditional_update(st, &ty, &criteria, body, base).await?.with_return(ret)
         }
-        Op::Delete { ty, id, if_match } => {
-            interactions::delete(st, &ty, &id, if_match.as_deref()).await?
-        }
-        Op::ConditionalDelete { ty, criteria } => {
-            interactions::conditional_delete(st, &ty, &criteria, base).await?
-        }
+        Op::Delete { ty, id, if_match } => interactions::delete(st, &ty, &id, if_match.as_deref()).await?,
+        Op::ConditionalDelete { ty, criteria } => interactions::conditional_delete(st, &ty, &criteria, base).await?,
     };
     Ok(answer)
 }
@@ -505,9 +397,7 @@ fn at_entry(index: usize, e: ApiError) -> ApiError {
     match e {
         ApiError::Invalid(_) | ApiError::Unprocessable(_) => interactions::entry_error(index, e),
         ApiError::NotFound(m) => ApiError::NotFound(format!("Bundle.entry[{index}]: {m}")),
-        ApiError::PreconditionFailed(m) => {
-            ApiError::PreconditionFailed(format!("Bundle.entry[{index}]: {m}"))
-        }
+        ApiError::PreconditionFailed(m) => ApiError::PreconditionFailed(format!("Bundle.entry[{index}]: {m}")),
         ApiError::Conflict(m) => ApiError::Conflict(format!("Bundle.entry[{index}]: {m}")),
         other => other,
     }
@@ -515,12 +405,7 @@ fn at_entry(index: usize, e: ApiError) -> ApiError {
 
 /// A transaction: every entry or none. References between entries
 /// (`fullUrl` such as `urn:uuid:…`) are resolved to the ids assigned here.
-async fn transaction(
-    st: &AppState,
-    entries: Vec<Entry>,
-    ret: Return,
-    base: &str,
-) -> Result<Answer, ApiError> {
+async fn transaction(st: &AppState, entries: Vec<Entry>, ret: Return, base: &str) -> Result<Answer, ApiError> {
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by_key(|&i| entries[i].op.order());
     let mut entries: Vec<Option<Entry>> = entries.into_iter().map(Some).collect();
@@ -535,13 +420,11 @@ async fn transaction(
             continue;
         };
         let target = match &entry.op {
-            Op::Create {
-                ty, if_none_exist, ..
-            } => {
+            Op::Create { ty, if_none_exist, .. } => {
                 let matched = match if_none_exist {
-                    Some(c) => interactions::match_criteria(st, tx.as_mut(), ty, c, base)
-                        .await
-                        .map_err(|e| at_entry(i, e))?,
+                    Some(c) => {
+                        interactions::match_criteria(st, tx.as_mut(), ty, c, base).await.map_err(|e| at_entry(i, e))?
+                    }
                     None => Matched::None,
                 };
                 match matched {
@@ -549,20 +432,16 @@ async fn transaction(
                     Matched::None => Some((ty.clone(), resource::new_id(), true)),
                 }
             }
-            Op::Update { ty, id, .. } | Op::Delete { ty, id, .. } => {
-                Some((ty.clone(), id.clone(), true))
-            }
+            Op::Update { ty, id, .. } | Op::Delete { ty, id, .. } => Some((ty.clone(), id.clone(), true)),
             Op::ConditionalUpdate { ty, criteria, body } => {
                 match interactions::match_criteria(st, tx.as_mut(), ty, criteria, base)
                     .await
                     .map_err(|e| at_entry(i, e))?
                 {
                     Matched::One(id) => Some((ty.clone(), id, true)),
-                    Matched::None => Some((
-                        ty.clone(),
-                        resource::id_of(body).map_or_else(resource::new_id, str::to_owned),
-                        true,
-                    )),
+                    Matched::None => {
+                        Some((ty.clone(), resource::id_of(body).map_or_else(resource::new_id, str::to_owned), true))
+                    }
                 }
             }
             Op::ConditionalDelete { ty, criteria } => {
@@ -596,19 +475,14 @@ async fn transaction(
         let Some(entry) = entries[i].as_mut() else {
             continue;
         };
-        let (Op::Create { body, .. }
-        | Op::Update { body, .. }
-        | Op::ConditionalUpdate { body, .. }) = &mut entry.op
+        let (Op::Create { body, .. } | Op::Update { body, .. } | Op::ConditionalUpdate { body, .. }) = &mut entry.op
         else {
             continue;
         };
         let mut local = map.clone();
         for cond in resource::conditional_references(body) {
             let (ty, criteria) = cond.split_once('?').unwrap_or((&cond, ""));
-            match interactions::match_criteria(st, tx.as_mut(), ty, criteria, base)
-                .await
-                .map_err(|e| at_entry(i, e))?
-            {
+            match interactions::match_criteria(st, tx.as_mut(), ty, criteria, base).await.map_err(|e| at_entry(i, e))? {
                 Matched::One(id) => {
                     local.insert(cond.clone(), format!("{ty}/{id}"));
                 }
@@ -641,9 +515,7 @@ async fn transaction(
         let answer = match (entry.op, target) {
             (Op::Create { ty, body, .. }, Some((_, id, true))) => {
                 resource::check(&body, &ty, Some(&format!("Bundle.entry[{i}].resource")))?;
-                let w = interactions::create_in(tx.as_mut(), &ty, &id, body)
-                    .await
-                    .map_err(|e| at_entry(i, e))?;
+                let w = interactions::create_in(tx.as_mut(), &ty, &id, body).await.map_err(|e| at_entry(i, e))?;
                 written_answer(w, ret)
             }
             (Op::Create { ty, .. }, Some((_, id, false))) => {
@@ -651,22 +523,12 @@ async fn transaction(
                 a.location = Some(format!("{ty}/{id}"));
                 a
             }
-            (
-                Op::Update {
-                    ty,
-                    id,
-                    body,
-                    if_match,
-                },
-                _,
-            ) => {
+            (Op::Update { ty, id, body, if_match }, _) => {
                 resource::check(&body, &ty, Some(&format!("Bundle.entry[{i}].resource")))?;
                 interactions::check_body_id(&body, Some(&id), &ty).map_err(|e| at_entry(i, e))?;
-                let if_match = interactions::parse_if_match(if_match.as_deref())
-                    .map_err(|e| at_entry(i, e))?;
-                let w = interactions::update_in(tx.as_mut(), &ty, &id, body, if_match)
-                    .await
-                    .map_err(|e| at_entry(i, e))?;
+                let if_match = interactions::parse_if_match(if_match.as_deref()).map_err(|e| at_entry(i, e))?;
+                let w =
+                    interactions::update_in(tx.as_mut(), &ty, &id, body, if_match).await.map_err(|e| at_entry(i, e))?;
                 written_answer(w, ret)
             }
             (Op::ConditionalUpdate { ty, body, .. }, Some((_, id, _))) => {
@@ -682,28 +544,19 @@ async fn transaction(
                         ),
                     ));
                 }
-                let w = interactions::update_in(tx.as_mut(), &ty, &id, body, None)
-                    .await
-                    .map_err(|e| at_entry(i, e))?;
+                let w = interactions::update_in(tx.as_mut(), &ty, &id, body, None).await.map_err(|e| at_entry(i, e))?;
                 written_answer(w, ret)
             }
             (Op::Delete { ty, id, if_match }, _) => {
-                let if_match = interactions::parse_if_match(if_match.as_deref())
-                    .map_err(|e| at_entry(i, e))?;
-                let w = interactions::delete_in(tx.as_mut(), &ty, &id, if_match)
-                    .await
-                    .map_err(|e| at_entry(i, e))?;
+                let if_match = interactions::parse_if_match(if_match.as_deref()).map_err(|e| at_entry(i, e))?;
+                let w = interactions::delete_in(tx.as_mut(), &ty, &id, if_match).await.map_err(|e| at_entry(i, e))?;
                 let mut a = Answer::new(StatusCode::NO_CONTENT, Payload::None);
                 a.version = w.map(|w| w.version);
                 a
             }
-            (Op::ConditionalDelete { .. }, None) => {
-                Answer::new(StatusCode::NO_CONTENT, Payload::None)
-            }
+            (Op::ConditionalDelete { .. }, None) => Answer::new(StatusCode::NO_CONTENT, Payload::None),
             (Op::ConditionalDelete { ty, .. }, Some((_, id, _))) => {
-                let w = interactions::delete_in(tx.as_mut(), &ty, &id, None)
-                    .await
-                    .map_err(|e| at_entry(i, e))?;
+                let w = interactions::delete_in(tx.as_mut(), &ty, &id, None).await.map_err(|e| at_entry(i, e))?;
                 let mut a = Answer::new(StatusCode::NO_CONTENT, Payload::None);
                 a.version = w.map(|w| w.version);
                 a
@@ -714,9 +567,7 @@ async fn transaction(
                 continue;
             }
             (Op::Create { .. } | Op::ConditionalUpdate { .. }, None) => {
-                return Err(ApiError::Internal(format!(
-                    "transaction entry {i} lost its target"
-                )));
+                return Err(ApiError::Internal(format!("transaction entry {i} lost its target")));
             }
         };
         answers.insert(i, answer);
@@ -737,23 +588,16 @@ async fn transaction(
             }
             continue;
         };
-        let answer = run_single(st, entry.op, ret, base)
-            .await
-            .unwrap_or_else(|e| error_answer(&e));
+        let answer = run_single(st, entry.op, ret, base).await.unwrap_or_else(|e| error_answer(&e));
         answers.insert(i, answer);
     }
 
     let mut w = BundleWriter::new("transaction-response", None, &[]);
     for i in 0..order.len() {
-        let a = answers
-            .remove(&i)
-            .unwrap_or_else(|| Answer::new(StatusCode::OK, Payload::None));
+        let a = answers.remove(&i).unwrap_or_else(|| Answer::new(StatusCode::OK, Payload::None));
         w.response_entry(base, &a);
     }
-    Ok(Answer::new(
-        StatusCode::OK,
-        Payload::Text(w.finish().into()),
-    ))
+    Ok(Answer::new(StatusCode::OK, Payload::Text(w.finish().into())))
 }
 
 fn written_answer(w: Written, ret: Return) -> Answer {

@@ -49,16 +49,9 @@ pub fn negotiate(headers: &HeaderMap, query: &[(String, String)]) -> Result<Form
         return Ok(f);
     }
     if let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
-        let types: Vec<&str> = accept
-            .split(',')
-            .map(|t| t.split(';').next().unwrap_or("").trim())
-            .collect();
-        let fhir = types
-            .iter()
-            .any(|t| matches!(*t, "application/fhir+json" | "application/json+fhir"));
-        let any = types
-            .iter()
-            .any(|t| matches!(*t, "*/*" | "application/*" | ""));
+        let types: Vec<&str> = accept.split(',').map(|t| t.split(';').next().unwrap_or("").trim()).collect();
+        let fhir = types.iter().any(|t| matches!(*t, "application/fhir+json" | "application/json+fhir"));
+        let any = types.iter().any(|t| matches!(*t, "*/*" | "application/*" | ""));
         let plain = types.contains(&"application/json");
         if !(fhir || any || plain) {
             return Err(ApiError::NotAcceptable(format!(
@@ -89,11 +82,7 @@ pub struct Prefer {
 
 pub fn prefer(headers: &HeaderMap) -> Prefer {
     let mut p = Prefer::default();
-    for v in headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-    {
+    for v in headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()) {
         for part in v.split([',', ';']).map(str::trim) {
             match part {
                 "return=minimal" => p.ret = Return::Minimal,
@@ -130,13 +119,7 @@ pub struct Answer {
 
 impl Answer {
     pub fn new(status: StatusCode, payload: Payload) -> Self {
-        Answer {
-            status,
-            location: None,
-            version: None,
-            last_modified_ms: None,
-            payload,
-        }
+        Answer { status, location: None, version: None, last_modified_ms: None, payload }
     }
 
     /// Applies `Prefer: return=…` to a write's answer.
@@ -149,10 +132,7 @@ impl Answer {
                     StatusCode::CREATED => "created",
                     _ => "done",
                 };
-                self.payload = Payload::Json(operation_outcome(&[Issue::information(
-                    "informational",
-                    msg,
-                )]));
+                self.payload = Payload::Json(operation_outcome(&[Issue::information("informational", msg)]));
             }
         }
         self
@@ -163,19 +143,14 @@ impl Answer {
         let body = match self.payload {
             Payload::None => None,
             Payload::Text(t) if !format.pretty => Some(t.to_string()),
-            Payload::Text(t) => Some(
-                json::parse(t.as_bytes())
-                    .map(|v| v.to_json_pretty())
-                    .unwrap_or(t.to_string()),
-            ),
+            Payload::Text(t) => Some(json::parse(t.as_bytes()).map(|v| v.to_json_pretty()).unwrap_or(t.to_string())),
             Payload::Json(v) if format.pretty => Some(v.to_json_pretty()),
             Payload::Json(v) => Some(v.to_json()),
         };
         let mut resp = match body {
             Some(b) => {
                 let mut r = Response::new(Body::from(b));
-                r.headers_mut()
-                    .insert(header::CONTENT_TYPE, content_type(format));
+                r.headers_mut().insert(header::CONTENT_TYPE, content_type(format));
                 r
             }
             None => Response::new(Body::empty()),
@@ -203,27 +178,17 @@ impl Answer {
 }
 
 pub fn content_type(format: Format) -> HeaderValue {
-    HeaderValue::from_static(if format.plain_json {
-        "application/json; charset=utf-8"
-    } else {
-        super::FHIR_JSON
-    })
+    HeaderValue::from_static(if format.plain_json { "application/json; charset=utf-8" } else { super::FHIR_JSON })
 }
 
 /// RFC 7231 date for `Last-Modified`.
 pub fn http_date(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .format("%a, %d %b %Y %H:%M:%S GMT")
-        .to_string()
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().format("%a, %d %b %Y %H:%M:%S GMT").to_string()
 }
 
 /// FHIR instant text (`2026-11-23T17:45:00.123Z`) for `meta.lastUpdated`.
 pub fn instant(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
 /// A JSON request body: content type checked (415), size limited (413), parsed strictly (400 with line, column and path).
@@ -233,11 +198,7 @@ impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let ct = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         check_json_content_type(ct)?;
         let bytes = read_body(req.into_body(), state.config.server.max_body_bytes).await?;
         parse_body(&bytes).map(JsonBody)
@@ -246,12 +207,7 @@ impl FromRequest<AppState> for JsonBody {
 
 /// Accepts `application/fhir+json`, `application/json` (and the DSTU2-era `application/json+fhir`).
 pub fn check_json_content_type(ct: &str) -> Result<(), ApiError> {
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match mime.as_str() {
         "application/fhir+json" | "application/json" | "application/json+fhir" => Ok(()),
         "" => Err(ApiError::UnsupportedMediaType(
@@ -266,8 +222,7 @@ pub fn check_json_content_type(ct: &str) -> Result<(), ApiError> {
 /// Reads a body up to `limit` bytes; 413 beyond it.
 pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
             || e.to_string().contains("length limit");
         if too_large {
             ApiError::PayloadTooLarge(format!("request body exceeds the limit of {limit} bytes"))
@@ -280,18 +235,12 @@ pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiErro
 /// Parses JSON, reporting the position and path of the first problem.
 pub fn parse_body(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid(
-            "structure",
-            "the request body is empty; a JSON resource is expected",
-        ));
+        return Err(ApiError::invalid("structure", "the request body is empty; a JSON resource is expected"));
     }
     json::parse(bytes).map_err(|e| {
         ApiError::invalid_at(
             "structure",
-            format!(
-                "body is not valid JSON: {} at line {}, column {}",
-                e.message, e.line, e.column
-            ),
+            format!("body is not valid JSON: {} at line {}, column {}", e.message, e.line, e.column),
             e.path,
         )
     })
@@ -318,22 +267,11 @@ mod tests {
     #[test]
     fn format_param_wins_over_accept_and_xml_is_refused() {
         let q = vec![("_format".to_string(), "xml".to_string())];
-        assert!(matches!(
-            negotiate(&HeaderMap::new(), &q),
-            Err(ApiError::NotAcceptable(_))
-        ));
+        assert!(matches!(negotiate(&HeaderMap::new(), &q), Err(ApiError::NotAcceptable(_))));
         let q = vec![("_format".to_string(), "application/json".to_string())];
-        assert!(
-            negotiate(&headers(&[("accept", "application/fhir+xml")]), &q)
-                .unwrap()
-                .plain_json
-        );
+        assert!(negotiate(&headers(&[("accept", "application/fhir+xml")]), &q).unwrap().plain_json);
         assert!(negotiate(&headers(&[("accept", "application/fhir+xml")]), &[]).is_err());
-        assert!(
-            !negotiate(&headers(&[("accept", "*/*")]), &[])
-                .unwrap()
-                .plain_json
-        );
+        assert!(!negotiate(&headers(&[("accept", "*/*")]), &[]).unwrap().plain_json);
     }
 
     #[test]
@@ -353,9 +291,7 @@ mod tests {
 
     #[test]
     fn bad_json_is_located() {
-        let Err(ApiError::Invalid(issues)) = parse_body(b"{\"a\": [1, }") else {
-            panic!("accepted")
-        };
+        let Err(ApiError::Invalid(issues)) = parse_body(b"{\"a\": [1, }") else { panic!("accepted") };
         assert!(issues[0].diagnostics.contains("line 1"), "{:?}", issues[0]);
         assert_eq!(issues[0].expression.as_deref(), Some("$.a[1]"));
     }

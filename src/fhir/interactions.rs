@@ -64,9 +64,7 @@ fn check_type(ty: &str) -> Result<(), ApiError> {
     if super::is_supported_type(ty) {
         Ok(())
     } else {
-        Err(ApiError::NotFound(format!(
-            "resource type `{ty}` is not supported by this server"
-        )))
+        Err(ApiError::NotFound(format!("resource type `{ty}` is not supported by this server")))
     }
 }
 
@@ -74,20 +72,13 @@ fn check_id(id: &str) -> Result<(), ApiError> {
     if super::is_valid_id(id) {
         Ok(())
     } else {
-        Err(ApiError::invalid(
-            "value",
-            format!("`{id}` is not a valid resource id (1–64 of A–Z a–z 0–9 - .)"),
-        ))
+        Err(ApiError::invalid("value", format!("`{id}` is not a valid resource id (1–64 of A–Z a–z 0–9 - .)")))
     }
 }
 
 /// Parses an entity tag `W/"3"` or `"3"` into a version.
 pub fn parse_etag(tag: &str) -> Option<i64> {
-    tag.trim()
-        .trim_start_matches("W/")
-        .trim_matches('"')
-        .parse()
-        .ok()
+    tag.trim().trim_start_matches("W/").trim_matches('"').parse().ok()
 }
 
 /// Conditions of a conditional read.
@@ -107,27 +98,17 @@ fn stored_answer(s: &Stored) -> Answer {
     }
 }
 
-pub async fn read(
-    st: &AppState,
-    ty: &str,
-    id: &str,
-    cond: &ReadConditions,
-) -> Result<Answer, ApiError> {
+pub async fn read(st: &AppState, ty: &str, id: &str, cond: &ReadConditions) -> Result<Answer, ApiError> {
     check_type(ty)?;
     check_id(id)?;
     let Some(s) = st.store.read(ty, id).await? else {
         return Err(ApiError::NotFound(format!("{ty}/{id} does not exist")));
     };
     if s.deleted {
-        return Err(ApiError::Gone(format!(
-            "{ty}/{id} was deleted (version {})",
-            s.version
-        )));
+        return Err(ApiError::Gone(format!("{ty}/{id} was deleted (version {})", s.version)));
     }
     let not_modified = cond.if_none_match.as_deref().and_then(parse_etag) == Some(s.version)
-        || cond
-            .if_modified_since_ms
-            .is_some_and(|since| s.last_updated_ms / 1000 <= since / 1000);
+        || cond.if_modified_since_ms.is_some_and(|since| s.last_updated_ms / 1000 <= since / 1000);
     if not_modified {
         let mut a = stored_answer(&s);
         a.status = StatusCode::NOT_MODIFIED;
@@ -140,18 +121,12 @@ pub async fn read(
 pub async fn vread(st: &AppState, ty: &str, id: &str, version: &str) -> Result<Answer, ApiError> {
     check_type(ty)?;
     check_id(id)?;
-    let v: i64 = version
-        .parse()
-        .map_err(|_| ApiError::NotFound(format!("version `{version}` does not exist")))?;
+    let v: i64 = version.parse().map_err(|_| ApiError::NotFound(format!("version `{version}` does not exist")))?;
     let Some(s) = st.store.vread(ty, id, v).await? else {
-        return Err(ApiError::NotFound(format!(
-            "{ty}/{id} has no version {version}"
-        )));
+        return Err(ApiError::NotFound(format!("{ty}/{id} has no version {version}")));
     };
     if s.deleted {
-        return Err(ApiError::Gone(format!(
-            "version {version} of {ty}/{id} is a deletion"
-        )));
+        return Err(ApiError::Gone(format!("version {version} of {ty}/{id} is a deletion")));
     }
     Ok(stored_answer(&s))
 }
@@ -168,37 +143,13 @@ async fn put_version(
 ) -> Result<Written, ApiError> {
     let at_ms = now_ms();
     let text = resource::finalize(&mut body, id, version, at_ms);
-    let index = extract::extract(&body)
-        .into_iter()
-        .map(|(def, v)| (def.code, v))
-        .collect();
-    tx.put(crate::store::NewVersion {
-        ty,
-        id,
-        version,
-        last_updated_ms: at_ms,
-        method,
-        body: &text,
-        index,
-    })
-    .await?;
-    Ok(Written {
-        ty: ty.to_owned(),
-        id: id.to_owned(),
-        version,
-        at_ms,
-        body: Some(text.into()),
-        status,
-    })
+    let index = extract::extract(&body).into_iter().map(|(def, v)| (def.code, v)).collect();
+    tx.put(crate::store::NewVersion { ty, id, version, last_updated_ms: at_ms, method, body: &text, index }).await?;
+    Ok(Written { ty: ty.to_owned(), id: id.to_owned(), version, at_ms, body: Some(text.into()), status })
 }
 
 /// Creates `ty` with a new id (the body's `id`, if any, is replaced, as FHIR prescribes for create).
-pub async fn create_in(
-    tx: &mut dyn StoreTx,
-    ty: &str,
-    id: &str,
-    body: Value,
-) -> Result<Written, ApiError> {
+pub async fn create_in(tx: &mut dyn StoreTx, ty: &str, id: &str, body: Value) -> Result<Written, ApiError> {
     put_version(tx, ty, id, 1, "POST", body, StatusCode::CREATED).await
 }
 
@@ -221,9 +172,7 @@ pub async fn update_in(
                 )));
             }
             _ => {
-                return Err(ApiError::PreconditionFailed(format!(
-                    "{ty}/{id} does not exist (If-Match)"
-                )));
+                return Err(ApiError::PreconditionFailed(format!("{ty}/{id} does not exist (If-Match)")));
             }
         }
     }
@@ -341,11 +290,9 @@ pub async fn update(
 /// The body's `id` must be present and equal the URL's (FHIR update rules).
 pub fn check_body_id(body: &Value, url_id: Option<&str>, ty: &str) -> Result<(), ApiError> {
     match (resource::id_of(body), url_id) {
-        (None, Some(_)) => Err(ApiError::invalid_at(
-            "required",
-            "the resource has no id; an update needs one",
-            format!("{ty}.id"),
-        )),
+        (None, Some(_)) => {
+            Err(ApiError::invalid_at("required", "the resource has no id; an update needs one", format!("{ty}.id")))
+        }
         (Some(b), Some(u)) if b != u => Err(ApiError::invalid_at(
             "invalid",
             format!("the resource id `{b}` differs from the id `{u}` in the URL"),
@@ -357,12 +304,8 @@ pub fn check_body_id(body: &Value, url_id: Option<&str>, ty: &str) -> Result<(),
 
 pub fn parse_if_match(h: Option<&str>) -> Result<Option<i64>, ApiError> {
     h.map(|v| {
-        parse_etag(v).ok_or_else(|| {
-            ApiError::invalid(
-                "value",
-                format!("If-Match `{v}` is not a version tag like W/\"3\""),
-            )
-        })
+        parse_etag(v)
+            .ok_or_else(|| ApiError::invalid("value", format!("If-Match `{v}` is not a version tag like W/\"3\"")))
     })
     .transpose()
 }
@@ -400,12 +343,7 @@ pub async fn conditional_update(
 }
 
 /// `DELETE /Type/id`.
-pub async fn delete(
-    st: &AppState,
-    ty: &str,
-    id: &str,
-    if_match: Option<&str>,
-) -> Result<Answer, ApiError> {
+pub async fn delete(st: &AppState, ty: &str, id: &str, if_match: Option<&str>) -> Result<Answer, ApiError> {
     check_type(ty)?;
     check_id(id)?;
     let if_match = parse_if_match(if_match)?;
@@ -424,12 +362,7 @@ fn deleted_answer(w: Option<Written>) -> Answer {
 }
 
 /// `DELETE /Type?criteria`: deletes the single match (none: nothing to do; several: 412).
-pub async fn conditional_delete(
-    st: &AppState,
-    ty: &str,
-    criteria: &str,
-    base: &str,
-) -> Result<Answer, ApiError> {
+pub async fn conditional_delete(st: &AppState, ty: &str, criteria: &str, base: &str) -> Result<Answer, ApiError> {
     check_type(ty)?;
     let mut tx = st.store.begin().await?;
     let written = match match_criteria(st, tx.as_mut(), ty, criteria, base).await? {
@@ -459,18 +392,11 @@ pub async fn search(
         _ => None,
     };
     let mut budget = st.config.fhir.max_include as usize;
-    let mut seen: std::collections::HashSet<(String, String)> = page
-        .rows
-        .iter()
-        .map(|r| (r.ty.clone(), r.id.clone()))
-        .collect();
+    let mut seen: std::collections::HashSet<(String, String)> =
+        page.rows.iter().map(|r| (r.ty.clone(), r.id.clone())).collect();
     let mut included = Vec::new();
     for inc in &parsed.includes {
-        for r in st
-            .store
-            .include(&page.rows, inc.param, inc.target.as_deref(), budget)
-            .await?
-        {
+        for r in st.store.include(&page.rows, inc.param, inc.target.as_deref(), budget).await? {
             if seen.insert((r.ty.clone(), r.id.clone())) {
                 budget = budget.saturating_sub(1);
                 included.push(r);
@@ -478,11 +404,7 @@ pub async fn search(
         }
     }
     for rev in &parsed.revincludes {
-        for r in st
-            .store
-            .revinclude(&page.rows, &rev.source, rev.param, budget)
-            .await?
-        {
+        for r in st.store.revinclude(&page.rows, &rev.source, rev.param, budget).await? {
             if seen.insert((r.ty.clone(), r.id.clone())) {
                 budget = budget.saturating_sub(1);
                 included.push(r);
@@ -493,11 +415,7 @@ pub async fn search(
         let mut pairs = parsed.applied.clone();
         pairs.extend(extra);
         let q = search::encode_query(&pairs);
-        if q.is_empty() {
-            format!("{base}/{ty}")
-        } else {
-            format!("{base}/{ty}?{q}")
-        }
+        if q.is_empty() { format!("{base}/{ty}") } else { format!("{base}/{ty}?{q}") }
     };
     let mut links = vec![("self", link(None))];
     if let Some(next) = &page.next {
@@ -513,10 +431,7 @@ pub async fn search(
     if !parsed.warnings.is_empty() {
         w.outcome_entry(&operation_outcome(&parsed.warnings));
     }
-    Ok(Answer::new(
-        StatusCode::OK,
-        Payload::Text(w.finish().into()),
-    ))
+    Ok(Answer::new(StatusCode::OK, Payload::Text(w.finish().into())))
 }
 
 /// Instance, type or system history.
@@ -543,35 +458,27 @@ pub async fn history(
     for (k, v) in query {
         match k.as_str() {
             "_count" => {
-                let n: u32 = v.parse().map_err(|_| {
-                    ApiError::invalid_at(
-                        "invalid",
-                        format!("`{v}` is not a whole number"),
-                        "_count",
-                    )
-                })?;
+                let n: u32 = v
+                    .parse()
+                    .map_err(|_| ApiError::invalid_at("invalid", format!("`{v}` is not a whole number"), "_count"))?;
                 q.count = n.clamp(1, st.config.fhir.max_count) as usize;
                 applied.push((k.clone(), v.clone()));
             }
             "_since" => {
-                let (_, low, _) = search::values::parse_date(v)
-                    .map_err(|m| ApiError::invalid_at("invalid", m, "_since"))?;
+                let (_, low, _) =
+                    search::values::parse_date(v).map_err(|m| ApiError::invalid_at("invalid", m, "_since"))?;
                 q.since_ms = Some(low);
                 applied.push((k.clone(), v.clone()));
             }
             "_at" => {
-                let (_, _, high) = search::values::parse_date(v)
-                    .map_err(|m| ApiError::invalid_at("invalid", m, "_at"))?;
+                let (_, _, high) =
+                    search::values::parse_date(v).map_err(|m| ApiError::invalid_at("invalid", m, "_at"))?;
                 q.before_ms = Some(high.saturating_add(1));
                 applied.push((k.clone(), v.clone()));
             }
             "_cursor" => {
                 q.after_seq = Some(v.parse().map_err(|_| {
-                    ApiError::invalid_at(
-                        "invalid",
-                        "the paging position is not valid; follow the next link",
-                        "_cursor",
-                    )
+                    ApiError::invalid_at("invalid", "the paging position is not valid; follow the next link", "_cursor")
                 })?);
             }
             "_format" | "_pretty" => {}
@@ -599,11 +506,7 @@ pub async fn history(
         let mut pairs = applied.clone();
         pairs.extend(extra);
         let q = search::encode_query(&pairs);
-        if q.is_empty() {
-            path.clone()
-        } else {
-            format!("{path}?{q}")
-        }
+        if q.is_empty() { path.clone() } else { format!("{path}?{q}") }
     };
     let mut links = vec![("self", link(None))];
     if let Some(next) = page.next_seq {
@@ -613,22 +516,30 @@ pub async fn history(
     for r in &page.rows {
         w.history_entry(base, r);
     }
-    Ok(Answer::new(
-        StatusCode::OK,
-        Payload::Text(w.finish().into()),
-    ))
+    Ok(Answer::new(StatusCode::OK, Payload::Text(w.finish().into())))
 }
 
-/// A located, single-issue error for an entry of a Bundle.
+/// Where an issue found in a Bundle entry's request or resource is, seen from the Bundle.
+pub fn locate_in_entry(index: usize, expression: Option<String>) -> String {
+    let entry = format!("Bundle.entry[{index}]");
+    match expression {
+        Some(e) if e.starts_with("Bundle.") => e,
+        // `Patient.gender` → `Bundle.entry[3].resource.gender`
+        Some(e) if e.starts_with(|c: char| c.is_ascii_uppercase()) => match e.split_once('.') {
+            Some((_, rest)) => format!("{entry}.resource.{rest}"),
+            None => format!("{entry}.resource"),
+        },
+        Some(e) if e.is_empty() => entry,
+        Some(e) => format!("{entry}.{e}"),
+        None => entry,
+    }
+}
+
+/// The same error, with every issue located inside entry `index` of a Bundle.
 pub fn entry_error(index: usize, err: ApiError) -> ApiError {
     let locate = |mut issues: Vec<Issue>| {
         for i in &mut issues {
-            let at = format!("Bundle.entry[{index}]");
-            i.expression = Some(match i.expression.take() {
-                Some(e) if e.starts_with("Bundle.") => e,
-                Some(e) => format!("{at}.{e}"),
-                None => at,
-            });
+            i.expression = Some(locate_in_entry(index, i.expression.take()));
         }
         issues
     };

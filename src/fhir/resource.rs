@@ -17,11 +17,7 @@ pub fn check(value: &Value, expected: &str, at: Option<&str>) -> Result<(), ApiE
         None => expr.to_owned(),
     };
     let Some(obj) = value.as_object() else {
-        return Err(ApiError::invalid_at(
-            "structure",
-            "a resource must be a JSON object",
-            locate(""),
-        ));
+        return Err(ApiError::invalid_at("structure", "a resource must be a JSON object", locate("")));
     };
     match obj.get("resourceType").and_then(Value::as_str) {
         Some(t) if t == expected => {}
@@ -33,11 +29,7 @@ pub fn check(value: &Value, expected: &str, at: Option<&str>) -> Result<(), ApiE
             ));
         }
         None => {
-            return Err(ApiError::invalid_at(
-                "required",
-                "resourceType is missing",
-                locate("resourceType"),
-            ));
+            return Err(ApiError::invalid_at("required", "resourceType is missing", locate("resourceType")));
         }
     }
     let problems = validate::validate(value);
@@ -46,16 +38,16 @@ pub fn check(value: &Value, expected: &str, at: Option<&str>) -> Result<(), ApiE
         .filter(|p| matches!(p.severity, validate::Severity::Error))
         .map(|p| Issue::error(p.code.as_str(), p.message).at(prefixed(at, &p.expression)))
         .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::Invalid(errors))
-    }
+    if errors.is_empty() { Ok(()) } else { Err(ApiError::Invalid(errors)) }
 }
 
+/// `Observation.status` inside `Bundle.entry[2].resource` is `Bundle.entry[2].resource.status`.
 fn prefixed(at: Option<&str>, expr: &str) -> String {
     match at {
-        Some(prefix) => format!("{prefix}.{expr}"),
+        Some(prefix) => match expr.split_once('.') {
+            Some((_, rest)) => format!("{prefix}.{rest}"),
+            None => prefix.to_owned(),
+        },
         None => expr.to_owned(),
     }
 }
@@ -175,22 +167,13 @@ mod tests {
         let map = HashMap::from([("urn:uuid:1".to_string(), "Patient/p1".to_string())]);
         let dangling = rewrite_references(&mut v, &map);
         assert_eq!(dangling, ["urn:uuid:2"]);
-        assert_eq!(
-            v.get("subject").unwrap().get("reference").unwrap().as_str(),
-            Some("Patient/p1")
-        );
-        assert_eq!(
-            v.get("x").unwrap().get("reference").unwrap().as_str(),
-            Some("Patient/7")
-        );
+        assert_eq!(v.get("subject").unwrap().get("reference").unwrap().as_str(), Some("Patient/p1"));
+        assert_eq!(v.get("x").unwrap().get("reference").unwrap().as_str(), Some("Patient/7"));
     }
 
     #[test]
     fn finds_conditional_references() {
-        let v = parse(
-            br#"{"subject":{"reference":"Patient?identifier=a|b"},"y":{"reference":"Patient/1"}}"#,
-        )
-        .unwrap();
+        let v = parse(br#"{"subject":{"reference":"Patient?identifier=a|b"},"y":{"reference":"Patient/1"}}"#).unwrap();
         assert_eq!(conditional_references(&v), ["Patient?identifier=a|b"]);
     }
 }

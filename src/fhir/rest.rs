@@ -27,13 +27,7 @@ pub fn router() -> Router<AppState> {
         .route("/fhir/", post(base_post))
         .route("/fhir/metadata", get(metadata))
         .route("/fhir/_history", get(system_history))
-        .route(
-            "/fhir/{ty}",
-            get(search_get)
-                .post(create)
-                .put(conditional_update)
-                .delete(conditional_delete),
-        )
+        .route("/fhir/{ty}", get(search_get).post(create).put(conditional_update).delete(conditional_delete))
         .route("/fhir/{ty}/_search", post(search_post))
         .route("/fhir/{ty}/_history", get(type_history))
         .route("/fhir/{ty}/{id}", get(read).put(update).delete(delete))
@@ -54,24 +48,13 @@ pub struct Ctx {
 impl FromRequestParts<AppState> for Ctx {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let RawQuery(raw) = RawQuery::from_request_parts(parts, state)
-            .await
-            .unwrap_or(RawQuery(None));
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let RawQuery(raw) = RawQuery::from_request_parts(parts, state).await.unwrap_or(RawQuery(None));
         let raw_query = raw.unwrap_or_default();
         let query = parse_query_string(&raw_query);
         let format = format::negotiate(&parts.headers, &query)?;
         let base = state.fhir_base(&parts.headers);
-        Ok(Ctx {
-            query,
-            raw_query,
-            headers: parts.headers.clone(),
-            format,
-            base,
-        })
+        Ok(Ctx { query, raw_query, headers: parts.headers.clone(), format, base })
     }
 }
 
@@ -89,12 +72,8 @@ impl Ctx {
 
     /// The conditional criteria: the query without `_format`/`_pretty`.
     fn criteria(&self) -> String {
-        let kept: Vec<(String, String)> = self
-            .query
-            .iter()
-            .filter(|(k, _)| k != "_format" && k != "_pretty")
-            .cloned()
-            .collect();
+        let kept: Vec<(String, String)> =
+            self.query.iter().filter(|(k, _)| k != "_format" && k != "_pretty").cloned().collect();
         crate::fhir::search::encode_query(&kept)
     }
 }
@@ -109,11 +88,7 @@ async fn base_post(State(st): State<AppState>, ctx: Ctx, JsonBody(body): JsonBod
     ctx.reply(bundle::process(&st, body, ret, &ctx.base).await)
 }
 
-async fn read(
-    State(st): State<AppState>,
-    ctx: Ctx,
-    Path((ty, id)): Path<(String, String)>,
-) -> Response {
+async fn read(State(st): State<AppState>, ctx: Ctx, Path((ty, id)): Path<(String, String)>) -> Response {
     let cond = ReadConditions {
         if_none_match: ctx.header(header::IF_NONE_MATCH).map(str::to_owned),
         if_modified_since_ms: ctx
@@ -124,20 +99,11 @@ async fn read(
     ctx.reply(interactions::read(&st, &ty, &id, &cond).await)
 }
 
-async fn vread(
-    State(st): State<AppState>,
-    ctx: Ctx,
-    Path((ty, id, vid)): Path<(String, String, String)>,
-) -> Response {
+async fn vread(State(st): State<AppState>, ctx: Ctx, Path((ty, id, vid)): Path<(String, String, String)>) -> Response {
     ctx.reply(interactions::vread(&st, &ty, &id, &vid).await)
 }
 
-async fn create(
-    State(st): State<AppState>,
-    ctx: Ctx,
-    Path(ty): Path<String>,
-    JsonBody(body): JsonBody,
-) -> Response {
+async fn create(State(st): State<AppState>, ctx: Ctx, Path(ty): Path<String>, JsonBody(body): JsonBody) -> Response {
     let prefer = format::prefer(&ctx.headers);
     let if_none_exist = ctx.header("if-none-exist").map(str::to_owned);
     let result = interactions::create(&st, &ty, body, if_none_exist.as_deref(), &ctx.base).await;
@@ -166,19 +132,11 @@ async fn conditional_update(
     ctx.reply(result.map(|a| a.with_return(prefer.ret)))
 }
 
-async fn delete(
-    State(st): State<AppState>,
-    ctx: Ctx,
-    Path((ty, id)): Path<(String, String)>,
-) -> Response {
+async fn delete(State(st): State<AppState>, ctx: Ctx, Path((ty, id)): Path<(String, String)>) -> Response {
     ctx.reply(interactions::delete(&st, &ty, &id, ctx.header(header::IF_MATCH)).await)
 }
 
-async fn conditional_delete(
-    State(st): State<AppState>,
-    ctx: Ctx,
-    Path(ty): Path<String>,
-) -> Response {
+async fn conditional_delete(State(st): State<AppState>, ctx: Ctx, Path(ty): Path<String>) -> Response {
     ctx.reply(interactions::conditional_delete(&st, &ty, &ctx.criteria(), &ctx.base).await)
 }
 
@@ -196,10 +154,8 @@ async fn search_post(
 ) -> Response {
     let ct = ctx.header(header::CONTENT_TYPE).unwrap_or("").to_owned();
     if !ct.is_empty() && !ct.starts_with("application/x-www-form-urlencoded") {
-        return ApiError::UnsupportedMediaType(format!(
-            "_search takes application/x-www-form-urlencoded, not `{ct}`"
-        ))
-        .into_response();
+        return ApiError::UnsupportedMediaType(format!("_search takes application/x-www-form-urlencoded, not `{ct}`"))
+            .into_response();
     }
     let bytes = match format::read_body(body, st.config.server.max_body_bytes).await {
         Ok(b) => b,
@@ -219,10 +175,6 @@ async fn type_history(State(st): State<AppState>, ctx: Ctx, Path(ty): Path<Strin
     ctx.reply(interactions::history(&st, Some(&ty), None, &ctx.query, &ctx.base).await)
 }
 
-async fn instance_history(
-    State(st): State<AppState>,
-    ctx: Ctx,
-    Path((ty, id)): Path<(String, String)>,
-) -> Response {
+async fn instance_history(State(st): State<AppState>, ctx: Ctx, Path((ty, id)): Path<(String, String)>) -> Response {
     ctx.reply(interactions::history(&st, Some(&ty), Some(&id), &ctx.query, &ctx.base).await)
 }

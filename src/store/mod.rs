@@ -168,64 +168,32 @@ pub(crate) fn index_rows(
     for (param, v) in index {
         let p = Arg::Text((*param).to_owned());
         match v {
-            IndexValue::Token {
-                system,
-                code,
-                text: t,
-            } => token.push(vec![
+            IndexValue::Token { system, code, text: t } => token.push(vec![
                 Arg::Int(rid),
                 p,
                 text(system),
                 text(code),
-                t.as_deref().map_or(Arg::Null, |t| {
-                    Arg::Text(crate::fhir::search::values::normalize_string(t))
-                }),
+                t.as_deref().map_or(Arg::Null, |t| Arg::Text(crate::fhir::search::values::normalize_string(t))),
             ]),
-            IndexValue::String { exact, normalized } => string.push(vec![
-                Arg::Int(rid),
-                p,
-                Arg::Text(normalized.clone()),
-                Arg::Text(exact.clone()),
-            ]),
-            IndexValue::Date { low, high } => {
-                date.push(vec![Arg::Int(rid), p, Arg::Int(*low), Arg::Int(*high)])
+            IndexValue::String { exact, normalized } => {
+                string.push(vec![Arg::Int(rid), p, Arg::Text(normalized.clone()), Arg::Text(exact.clone())])
             }
-            IndexValue::Reference {
-                reference: r,
-                target_type,
-                target_id,
-                identifier,
-            } => reference.push(vec![
+            IndexValue::Date { low, high } => date.push(vec![Arg::Int(rid), p, Arg::Int(*low), Arg::Int(*high)]),
+            IndexValue::Reference { reference: r, target_type, target_id, identifier } => reference.push(vec![
                 Arg::Int(rid),
                 p,
                 text(r),
                 text(target_type),
                 text(target_id),
                 identifier.as_ref().map_or(Arg::Null, |(s, _)| text(s)),
-                identifier
-                    .as_ref()
-                    .map_or(Arg::Null, |(_, v)| Arg::Text(v.clone())),
+                identifier.as_ref().map_or(Arg::Null, |(_, v)| Arg::Text(v.clone())),
             ]),
-            IndexValue::Number { text: t, value } => number.push(vec![
-                Arg::Int(rid),
-                p,
-                Arg::Real(*value),
-                Arg::Text(t.clone()),
-            ]),
-            IndexValue::Quantity {
-                value,
-                system,
-                code,
-                unit,
-                ..
-            } => quantity.push(vec![
-                Arg::Int(rid),
-                p,
-                Arg::Real(*value),
-                text(system),
-                text(code),
-                text(unit),
-            ]),
+            IndexValue::Number { text: t, value } => {
+                number.push(vec![Arg::Int(rid), p, Arg::Real(*value), Arg::Text(t.clone())])
+            }
+            IndexValue::Quantity { value, system, code, unit, .. } => {
+                quantity.push(vec![Arg::Int(rid), p, Arg::Real(*value), text(system), text(code), text(unit)])
+            }
             IndexValue::Uri(u) => uri.push(vec![Arg::Int(rid), p, Arg::Text(u.clone())]),
         }
     }

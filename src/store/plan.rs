@@ -21,14 +21,7 @@ pub struct SearchPlan {
 
 impl SearchPlan {
     pub fn new(ty: impl Into<String>) -> Self {
-        SearchPlan {
-            ty: ty.into(),
-            filters: Vec::new(),
-            sort: Vec::new(),
-            count: 50,
-            after: None,
-            with_total: false,
-        }
+        SearchPlan { ty: ty.into(), filters: Vec::new(), sort: Vec::new(), count: 50, after: None, with_total: false }
     }
 }
 
@@ -47,7 +40,11 @@ pub enum Atom {
     /// `_id`.
     Id(String),
     /// `_lastUpdated` with its prefix and the query's ms range.
-    LastUpdated { prefix: Prefix, low: i64, high: i64 },
+    LastUpdated {
+        prefix: Prefix,
+        low: i64,
+        high: i64,
+    },
     Token {
         param: &'static str,
         query: TokenQuery,
@@ -75,7 +72,10 @@ pub enum Atom {
         id: String,
     },
     /// A reference written as an absolute URL or a canonical.
-    ReferenceUrl { param: &'static str, url: String },
+    ReferenceUrl {
+        param: &'static str,
+        url: String,
+    },
     /// `:identifier` on a reference.
     ReferenceIdentifier {
         param: &'static str,
@@ -195,10 +195,7 @@ impl Cursor {
             parts.push(match v {
                 CursorValue::Int(i) => format!("i{i}"),
                 CursorValue::Real(f) => format!("r{f:e}"),
-                CursorValue::Text(s) => format!(
-                    "t{}",
-                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
-                ),
+                CursorValue::Text(s) => format!("t{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)),
             });
         }
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(parts.join("!"))
@@ -232,11 +229,7 @@ mod tests {
     #[test]
     fn cursor_round_trips_and_rejects_garbage() {
         let c = Cursor {
-            values: vec![
-                CursorValue::Int(-5),
-                CursorValue::Text("Åsa.b".into()),
-                CursorValue::Real(1.5),
-            ],
+            values: vec![CursorValue::Int(-5), CursorValue::Text("Åsa.b".into()), CursorValue::Real(1.5)],
             rid: 42,
         };
         assert_eq!(Cursor::decode(&c.encode()), Some(c));

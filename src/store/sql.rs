@@ -6,9 +6,7 @@
 
 use crate::fhir::search::values::{Prefix, TokenQuery};
 
-use super::plan::{
-    Atom, Cursor, CursorValue, Filter, IndexTable, SearchPlan, Sort, SortKey, StringMode,
-};
+use super::plan::{Atom, Cursor, CursorValue, Filter, IndexTable, SearchPlan, Sort, SortKey, StringMode};
 
 /// The SQL flavour to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,8 +77,7 @@ impl Sql {
 }
 
 /// The columns every resource row query selects, in this order.
-pub const ROW_COLUMNS: &str =
-    "r.rid, v.res_type, v.res_id, v.version, v.last_updated_ms, v.deleted, v.method, v.body";
+pub const ROW_COLUMNS: &str = "r.rid, v.res_type, v.res_id, v.version, v.last_updated_ms, v.deleted, v.method, v.body";
 
 /// A string that sorts after every real index value (nulls last when ascending).
 const TEXT_MAX: &str = "\u{10FFFF}";
@@ -181,35 +178,25 @@ fn atom(sql: &mut Sql, a: &Atom, alias: &str) {
         }
         Atom::TokenText { param, normalized } => {
             open_in(sql, alias, IndexTable::Token, param);
-            sql.push("text_norm LIKE ")
-                .text_arg(&format!("%{}%", like_escape(normalized)))
-                .push(" ESCAPE '\\')");
+            sql.push("text_norm LIKE ").text_arg(&format!("%{}%", like_escape(normalized))).push(" ESCAPE '\\')");
         }
         Atom::String { param, mode, value } => {
             open_in(sql, alias, IndexTable::String, param);
             match mode {
                 StringMode::StartsWith => {
                     sql.push("norm >= ").text_arg(value);
-                    sql.push(" AND norm < ")
-                        .text_arg(&format!("{value}{TEXT_MAX}"));
+                    sql.push(" AND norm < ").text_arg(&format!("{value}{TEXT_MAX}"));
                 }
                 StringMode::Exact => {
                     sql.push("exact = ").text_arg(value);
                 }
                 StringMode::Contains => {
-                    sql.push("norm LIKE ")
-                        .text_arg(&format!("%{}%", like_escape(value)))
-                        .push(" ESCAPE '\\'");
+                    sql.push("norm LIKE ").text_arg(&format!("%{}%", like_escape(value))).push(" ESCAPE '\\'");
                 }
             }
             sql.push(")");
         }
-        Atom::Date {
-            param,
-            prefix,
-            low,
-            high,
-        } => {
+        Atom::Date { param, prefix, low, high } => {
             open_in(sql, alias, IndexTable::Date, param);
             date_predicate(sql, "low", "high", *prefix, *low, *high);
             sql.push(")");
@@ -243,60 +230,33 @@ fn atom(sql: &mut Sql, a: &Atom, alias: &str) {
             }
             sql.push(")");
         }
-        Atom::Number {
-            param,
-            prefix,
-            value,
-            low,
-            high,
-        } => {
+        Atom::Number { param, prefix, value, low, high } => {
             open_in(sql, alias, IndexTable::Number, param);
             number_predicate(sql, *prefix, *value, *low, *high);
             sql.push(")");
         }
-        Atom::Quantity {
-            param,
-            prefix,
-            value,
-            low,
-            high,
-            system,
-            code,
-        } => {
+        Atom::Quantity { param, prefix, value, low, high, system, code } => {
             open_in(sql, alias, IndexTable::Quantity, param);
             number_predicate(sql, *prefix, *value, *low, *high);
             if let Some(s) = system {
                 sql.push(" AND system = ").text_arg(s);
             }
             if let Some(c) = code {
-                sql.push(" AND (code = ")
-                    .text_arg(c)
-                    .push(" OR unit = ")
-                    .text_arg(c)
-                    .push(")");
+                sql.push(" AND (code = ").text_arg(c).push(" OR unit = ").text_arg(c).push(")");
             }
             sql.push(")");
         }
-        Atom::Uri {
-            param,
-            value,
-            below,
-        } => {
+        Atom::Uri { param, value, below } => {
             open_in(sql, alias, IndexTable::Uri, param);
             if *below {
                 sql.push("uri >= ").text_arg(value);
-                sql.push(" AND uri < ")
-                    .text_arg(&format!("{value}{TEXT_MAX}"));
+                sql.push(" AND uri < ").text_arg(&format!("{value}{TEXT_MAX}"));
             } else {
                 sql.push("uri = ").text_arg(value);
             }
             sql.push(")");
         }
-        Atom::Missing {
-            param,
-            table,
-            missing,
-        } => {
+        Atom::Missing { param, table, missing } => {
             if *missing {
                 sql.push("NOT ");
             }
@@ -333,15 +293,7 @@ fn token_predicate(sql: &mut Sql, q: &TokenQuery, system_col: &str, code_col: &s
 /// FHIR date comparison between a resource range `[lo_col, hi_col]` and the query range `[ql, qh]`.
 fn date_predicate(sql: &mut Sql, lo: &str, hi: &str, prefix: Prefix, ql: i64, qh: i64) {
     let contained = |sql: &mut Sql| {
-        sql.push("(")
-            .push(lo)
-            .push(" >= ")
-            .int(ql)
-            .push(" AND ")
-            .push(hi)
-            .push(" <= ")
-            .int(qh)
-            .push(")");
+        sql.push("(").push(lo).push(" >= ").int(ql).push(" AND ").push(hi).push(" <= ").int(qh).push(")");
     };
     match prefix {
         Prefix::Eq => contained(sql),
@@ -375,15 +327,8 @@ fn date_predicate(sql: &mut Sql, lo: &str, hi: &str, prefix: Prefix, ql: i64, qh
             // Approximately: within 10% of the distance to now, at least a day.
             let now = chrono::Utc::now().timestamp_millis();
             let slack = ((now - ql).abs() / 10).max(86_400_000);
-            sql.push("(")
-                .push(lo)
-                .push(" <= ")
-                .int(qh.saturating_add(slack));
-            sql.push(" AND ")
-                .push(hi)
-                .push(" >= ")
-                .int(ql.saturating_sub(slack))
-                .push(")");
+            sql.push("(").push(lo).push(" <= ").int(qh.saturating_add(slack));
+            sql.push(" AND ").push(hi).push(" >= ").int(ql.saturating_sub(slack)).push(")");
         }
     }
 }
@@ -433,9 +378,7 @@ fn number_predicate(sql: &mut Sql, prefix: Prefix, value: f64, low: f64, high: f
 }
 
 fn like_escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_")
+    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
 }
 
 /// The sort value of the row `r`, never NULL (missing values sort last).
@@ -456,11 +399,7 @@ fn sort_expr(sql: &mut Sql, s: &Sort) {
                 IndexTable::Uri => ("uri", "uri"),
                 IndexTable::Number | IndexTable::Quantity => ("value", "value"),
             };
-            let (agg, col) = if s.descending {
-                ("MAX", col_desc)
-            } else {
-                ("MIN", col_asc)
-            };
+            let (agg, col) = if s.descending { ("MAX", col_desc) } else { ("MIN", col_asc) };
             sql.push("COALESCE((SELECT ")
                 .push(agg)
                 .push("(")
@@ -523,10 +462,10 @@ fn cursor_condition(sql: &mut Sql, sort: &[Sort], cursor: &Cursor) {
             sql.push(" OR ");
         }
         sql.push("(");
-        for j in 0..i {
-            sort_expr(sql, &sort[j]);
+        for (key, v) in sort.iter().zip(&cursor.values).take(i) {
+            sort_expr(sql, key);
             sql.push(" = ");
-            value(sql, &cursor.values[j]);
+            value(sql, v);
             sql.push(" AND ");
         }
         if i < keys {
@@ -548,16 +487,8 @@ mod tests {
     #[test]
     fn postgres_placeholders_are_numbered_outside_quotes() {
         let mut sql = Sql::default();
-        sql.push("a = ")
-            .int(1)
-            .push(" AND b LIKE ")
-            .text_arg("x")
-            .push(" ESCAPE '?' AND c = ")
-            .int(2);
-        assert_eq!(
-            sql.render(Dialect::Postgres),
-            "a = $1 AND b LIKE $2 ESCAPE '?' AND c = $3"
-        );
+        sql.push("a = ").int(1).push(" AND b LIKE ").text_arg("x").push(" ESCAPE '?' AND c = ").int(2);
+        assert_eq!(sql.render(Dialect::Postgres), "a = $1 AND b LIKE $2 ESCAPE '?' AND c = $3");
         assert_eq!(sql.args.len(), 3);
     }
 
@@ -568,17 +499,8 @@ mod tests {
             param: "code",
             query: TokenQuery::SystemCode("http://loinc.org".into(), "1234-5".into()),
         }]));
-        plan.sort.push(Sort {
-            key: SortKey::Param {
-                param: "date",
-                table: IndexTable::Date,
-            },
-            descending: true,
-        });
-        plan.after = Some(Cursor {
-            values: vec![CursorValue::Int(5)],
-            rid: 9,
-        });
+        plan.sort.push(Sort { key: SortKey::Param { param: "date", table: IndexTable::Date }, descending: true });
+        plan.after = Some(Cursor { values: vec![CursorValue::Int(5)], rid: 9 });
         let sql = search_page(&plan);
         assert_eq!(sql.text.matches('?').count(), sql.args.len());
         assert!(sql.text.contains("ORDER BY COALESCE((SELECT MAX(high)"));

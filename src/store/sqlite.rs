@@ -7,27 +7,21 @@ use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use sqlx::{
     Connection, Executor, Row, SqliteConnection,
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-        SqliteSynchronous,
-    },
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::{
-    Current, HistoryPage, HistoryQuery, NewVersion, SearchPage, SearchPlan, Store, StoreError,
-    StoreResult, StoreTx, Stored,
+    Current, HistoryPage, HistoryQuery, NewVersion, SearchPage, SearchPlan, Store, StoreError, StoreResult, StoreTx,
+    Stored,
     plan::{Cursor, CursorValue},
     sql::{self, Arg, CursorKind, Dialect, ROW_COLUMNS, Sql},
 };
 use crate::{config::DatabaseConfig, fhir::search::extract::IndexValue};
 
 /// Schema migrations, applied in order and recorded in `schema_migrations`.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "resources",
-    include_str!("../../migrations/sqlite/0001_resources.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "resources", include_str!("../../migrations/sqlite/0001_resources.sql"))];
 
 pub struct SqliteStore {
     readers: SqlitePool,
@@ -44,24 +38,14 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file named by `sqlite://PATH`
     /// and applies pending migrations.
     pub async fn open(config: &DatabaseConfig) -> anyhow::Result<SqliteStore> {
-        let path = config
-            .url
-            .strip_prefix("sqlite://")
-            .or_else(|| config.url.strip_prefix("sqlite:"))
-            .unwrap_or(&config.url);
+        let path =
+            config.url.strip_prefix("sqlite://").or_else(|| config.url.strip_prefix("sqlite:")).unwrap_or(&config.url);
         if path.is_empty() {
             anyhow::bail!("database.url: no file path after sqlite://");
         }
-        if let Some(parent) = Path::new(path)
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                anyhow::anyhow!(
-                    "database.url: cannot create folder {}: {e}",
-                    parent.display()
-                )
-            })?;
+        if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| anyhow::anyhow!("database.url: cannot create folder {}: {e}", parent.display()))?;
         }
         let sync = match config.sqlite_synchronous.as_str() {
             "normal" => SqliteSynchronous::Normal,
@@ -83,10 +67,7 @@ impl SqliteStore {
             .min_connections(1)
             .connect_with(base.clone().pragma("query_only", "1"))
             .await?;
-        Ok(SqliteStore {
-            readers,
-            writer: Arc::new(Mutex::new(Writer { conn, open: false })),
-        })
+        Ok(SqliteStore { readers, writer: Arc::new(Mutex::new(Writer { conn, open: false })) })
     }
 }
 
@@ -96,9 +77,7 @@ async fn migrate(conn: &mut SqliteConnection) -> anyhow::Result<()> {
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ms INTEGER NOT NULL)",
     )
     .await?;
-    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations")
-        .fetch_all(&mut *conn)
-        .await?;
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations").fetch_all(&mut *conn).await?;
     for (version, name, script) in MIGRATIONS {
         if applied.contains(version) {
             continue;
@@ -112,26 +91,18 @@ async fn migrate(conn: &mut SqliteConnection) -> anyhow::Result<()> {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        tracing::info!(
-            migration.version = version,
-            migration.name = name,
-            "applied database migration"
-        );
+        tracing::info!(migration.version = version, migration.name = name, "applied database migration");
     }
     Ok(())
 }
 
 fn err(e: sqlx::Error) -> StoreError {
     match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            StoreError::Conflict(db.message().to_owned())
-        }
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(db.message().to_owned()),
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
             StoreError::Unavailable(e.to_string())
         }
-        sqlx::Error::Database(db)
-            if db.message().contains("locked") || db.message().contains("busy") =>
-        {
+        sqlx::Error::Database(db) if db.message().contains("locked") || db.message().contains("busy") => {
             StoreError::Unavailable(db.message().to_owned())
         }
         _ => StoreError::Internal(e.to_string()),
@@ -177,18 +148,13 @@ fn bind_all<'q>(
 }
 
 /// Runs a page query and splits off the look-ahead row into a cursor.
-async fn run_page<'e, E>(
-    exec: E,
-    plan: &SearchPlan,
-) -> Result<(Vec<Stored>, Option<Cursor>), sqlx::Error>
+async fn run_page<'e, E>(exec: E, plan: &SearchPlan) -> Result<(Vec<Stored>, Option<Cursor>), sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
 {
     let sql = sql::search_page(plan);
     let text = sql.render(Dialect::Sqlite);
-    let rows = bind_all(sqlx::query(&text), &sql.args)
-        .fetch_all(exec)
-        .await?;
+    let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(exec).await?;
     let mut out = Vec::with_capacity(rows.len().min(plan.count));
     let mut next = None;
     for (i, row) in rows.iter().enumerate() {
@@ -206,10 +172,7 @@ where
                     CursorKind::Text => CursorValue::Text(row.try_get(col)?),
                 });
             }
-            next = Some(Cursor {
-                values,
-                rid: row.try_get(0)?,
-            });
+            next = Some(Cursor { values, rid: row.try_get(0)? });
         }
     }
     Ok((out, next))
@@ -221,12 +184,7 @@ impl Store for SqliteStore {
         let q = format!(
             "SELECT {ROW_COLUMNS} FROM resources r JOIN versions v ON v.vid = r.vid WHERE r.res_type = ? AND r.res_id = ?"
         );
-        let row = sqlx::query(&q)
-            .bind(ty)
-            .bind(id)
-            .fetch_optional(&self.readers)
-            .await
-            .map_err(err)?;
+        let row = sqlx::query(&q).bind(ty).bind(id).fetch_optional(&self.readers).await.map_err(err)?;
         row.as_ref().map(stored).transpose().map_err(err)
     }
 
@@ -272,10 +230,7 @@ impl Store for SqliteStore {
         }
         sql.push_str(" ORDER BY v.vid DESC LIMIT ?");
         args.push(Arg::Int(q.count as i64 + 1));
-        let rows = bind_all(sqlx::query(&sql), &args)
-            .fetch_all(&self.readers)
-            .await
-            .map_err(err)?;
+        let rows = bind_all(sqlx::query(&sql), &args).fetch_all(&self.readers).await.map_err(err)?;
         let mut page = HistoryPage::default();
         for row in rows.iter().take(q.count) {
             let mut s = stored(row).map_err(err)?;
@@ -319,13 +274,14 @@ impl Store for SqliteStore {
         if rows.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let mut sql = Sql::default();
-        sql.text = format!(
-            "SELECT {ROW_COLUMNS} FROM resources r JOIN versions v ON v.vid = r.vid WHERE r.deleted = 0 AND r.rid IN \
-             (SELECT t.rid FROM idx_reference x JOIN resources t ON t.res_type = x.target_type AND t.res_id = x.target_id \
-             WHERE x.param = ? AND x.rid IN ("
-        );
-        sql.args.push(Arg::Text(param.to_owned()));
+        let mut sql = Sql {
+            text: format!(
+                "SELECT {ROW_COLUMNS} FROM resources r JOIN versions v ON v.vid = r.vid WHERE r.deleted = 0 AND r.rid IN \
+                 (SELECT t.rid FROM idx_reference x JOIN resources t ON t.res_type = x.target_type AND t.res_id = x.target_id \
+                 WHERE x.param = ? AND x.rid IN ("
+            ),
+            args: vec![Arg::Text(param.to_owned())],
+        };
         push_rid_list(&mut sql, rows);
         sql.text.push(')');
         if let Some(t) = target_type {
@@ -347,13 +303,13 @@ impl Store for SqliteStore {
         if rows.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let mut sql = Sql::default();
-        sql.text = format!(
-            "SELECT {ROW_COLUMNS} FROM resources r JOIN versions v ON v.vid = r.vid WHERE r.res_type = ? AND r.deleted = 0 \
-             AND r.rid IN (SELECT x.rid FROM idx_reference x WHERE x.param = ? AND ("
-        );
-        sql.args.push(Arg::Text(source_type.to_owned()));
-        sql.args.push(Arg::Text(param.to_owned()));
+        let mut sql = Sql {
+            text: format!(
+                "SELECT {ROW_COLUMNS} FROM resources r JOIN versions v ON v.vid = r.vid WHERE r.res_type = ? AND r.deleted = 0 \
+                 AND r.rid IN (SELECT x.rid FROM idx_reference x WHERE x.param = ? AND ("
+            ),
+            args: vec![Arg::Text(source_type.to_owned()), Arg::Text(param.to_owned())],
+        };
         for (i, row) in rows.iter().enumerate() {
             if i > 0 {
                 sql.text.push_str(" OR ");
@@ -379,10 +335,7 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.readers)
-            .await
-            .map_err(err)?;
+        sqlx::query("SELECT 1").execute(&self.readers).await.map_err(err)?;
         Ok(())
     }
 }
@@ -390,14 +343,8 @@ impl Store for SqliteStore {
 impl SqliteStore {
     async fn fetch_rows(&self, sql: &Sql) -> StoreResult<Vec<Stored>> {
         let text = sql.render(Dialect::Sqlite);
-        let rows = bind_all(sqlx::query(&text), &sql.args)
-            .fetch_all(&self.readers)
-            .await
-            .map_err(err)?;
-        rows.iter()
-            .map(stored)
-            .collect::<Result<_, _>>()
-            .map_err(err)
+        let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(&self.readers).await.map_err(err)?;
+        rows.iter().map(stored).collect::<Result<_, _>>().map_err(err)
     }
 }
 
@@ -424,18 +371,14 @@ impl SqliteTx {
 #[async_trait]
 impl StoreTx for SqliteTx {
     async fn current(&mut self, ty: &str, id: &str) -> StoreResult<Option<Current>> {
-        let row =
-            sqlx::query("SELECT version, deleted FROM resources WHERE res_type = ? AND res_id = ?")
-                .bind(ty)
-                .bind(id)
-                .fetch_optional(self.conn())
-                .await
-                .map_err(err)?;
+        let row = sqlx::query("SELECT version, deleted FROM resources WHERE res_type = ? AND res_id = ?")
+            .bind(ty)
+            .bind(id)
+            .fetch_optional(self.conn())
+            .await
+            .map_err(err)?;
         row.map(|r| -> Result<Current, sqlx::Error> {
-            Ok(Current {
-                version: r.try_get(0)?,
-                deleted: r.try_get::<i64, _>(1)? != 0,
-            })
+            Ok(Current { version: r.try_get(0)?, deleted: r.try_get::<i64, _>(1)? != 0 })
         })
         .transpose()
         .map_err(err)
@@ -444,14 +387,8 @@ impl StoreTx for SqliteTx {
     async fn find_ids(&mut self, plan: &SearchPlan) -> StoreResult<Vec<String>> {
         let sql = sql::search_ids(plan);
         let text = sql.render(Dialect::Sqlite);
-        let rows = bind_all(sqlx::query(&text), &sql.args)
-            .fetch_all(self.conn())
-            .await
-            .map_err(err)?;
-        rows.iter()
-            .map(|r| r.try_get::<String, _>(0))
-            .collect::<Result<_, _>>()
-            .map_err(err)
+        let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(self.conn()).await.map_err(err)?;
+        rows.iter().map(|r| r.try_get::<String, _>(0)).collect::<Result<_, _>>().map_err(err)
     }
 
     async fn put(&mut self, v: NewVersion<'_>) -> StoreResult<()> {
@@ -469,8 +406,7 @@ impl StoreTx for SqliteTx {
         .fetch_one(&mut *conn)
         .await
         .map_err(err)?;
-        let rid =
-            upsert_current(conn, v.ty, v.id, v.version, vid, v.last_updated_ms, false).await?;
+        let rid = upsert_current(conn, v.ty, v.id, v.version, vid, v.last_updated_ms, false).await?;
         write_index(conn, rid, &v.index).await
     }
 
@@ -508,13 +444,12 @@ async fn upsert_current(
     at_ms: i64,
     deleted: bool,
 ) -> StoreResult<i64> {
-    let existing: Option<i64> =
-        sqlx::query_scalar("SELECT rid FROM resources WHERE res_type = ? AND res_id = ?")
-            .bind(ty)
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(err)?;
+    let existing: Option<i64> = sqlx::query_scalar("SELECT rid FROM resources WHERE res_type = ? AND res_id = ?")
+        .bind(ty)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(err)?;
     match existing {
         Some(rid) => {
             sqlx::query("UPDATE resources SET version = ?, vid = ?, last_updated_ms = ?, deleted = ? WHERE rid = ?")
@@ -551,22 +486,11 @@ async fn upsert_current(
     }
 }
 
-const INDEX_TABLES: [&str; 7] = [
-    "idx_token",
-    "idx_string",
-    "idx_date",
-    "idx_reference",
-    "idx_number",
-    "idx_quantity",
-    "idx_uri",
-];
+const INDEX_TABLES: [&str; 7] =
+    ["idx_token", "idx_string", "idx_date", "idx_reference", "idx_number", "idx_quantity", "idx_uri"];
 
 /// Inserts the index rows, one multi-row statement per table.
-async fn write_index(
-    conn: &mut SqliteConnection,
-    rid: i64,
-    index: &[(&'static str, IndexValue)],
-) -> StoreResult<()> {
+async fn write_index(conn: &mut SqliteConnection, rid: i64, index: &[(&'static str, IndexValue)]) -> StoreResult<()> {
     for (table, columns, rows) in super::index_rows(rid, index) {
         if rows.is_empty() {
             continue;
@@ -582,10 +506,7 @@ async fn write_index(
                 text.push_str(&placeholders);
             }
             let args: Vec<Arg> = chunk.iter().flatten().cloned().collect();
-            bind_all(sqlx::query(&text), &args)
-                .execute(&mut *conn)
-                .await
-                .map_err(err)?;
+            bind_all(sqlx::query(&text), &args).execute(&mut *conn).await.map_err(err)?;
         }
     }
     Ok(())

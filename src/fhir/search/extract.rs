@@ -125,22 +125,15 @@ pub fn parse_reference(reference: &str) -> Option<(&str, &str)> {
     if !absolute && n != used {
         return None;
     }
-    let id_ok = (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    let id_ok = (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
     (id_ok && RESOURCE_TYPES.binary_search(&ty).is_ok()).then_some((ty, id))
 }
 
 // ------------------------------------------------------------------ compiled form
 
 /// The compiled expression of every entry of `PARAMS`, same order.
-static COMPILED: LazyLock<Vec<Result<Expr, String>>> = LazyLock::new(|| {
-    PARAMS
-        .iter()
-        .map(|p| compile(p.expression, p.resource, p.kind))
-        .collect()
-});
+static COMPILED: LazyLock<Vec<Result<Expr, String>>> =
+    LazyLock::new(|| PARAMS.iter().map(|p| compile(p.expression, p.resource, p.kind)).collect());
 
 #[derive(Debug)]
 struct Expr {
@@ -168,10 +161,7 @@ enum Step {
     /// Keeps references whose target is of resource type `ty`.
     ResolveIs(&'static str),
     /// Keeps nodes whose primitive member `key` equals `value`.
-    WhereEq {
-        key: &'static str,
-        value: &'static str,
-    },
+    WhereEq { key: &'static str, value: &'static str },
 }
 
 impl Step {
@@ -191,18 +181,10 @@ impl Step {
             }
             Step::OfType(ty) => out.extend(nodes.iter().filter(|(_, t)| t == ty)),
             Step::ResolveIs(ty) => {
-                out.extend(
-                    nodes
-                        .iter()
-                        .filter(|(n, _)| reference_target_type(n, root) == Some(*ty)),
-                );
+                out.extend(nodes.iter().filter(|(n, _)| reference_target_type(n, root) == Some(*ty)));
             }
             Step::WhereEq { key, value } => {
-                out.extend(
-                    nodes
-                        .iter()
-                        .filter(|(n, _)| n.get(key).and_then(Value::as_str) == Some(*value)),
-                );
+                out.extend(nodes.iter().filter(|(n, _)| n.get(key).and_then(Value::as_str) == Some(*value)));
             }
         }
     }
@@ -211,12 +193,7 @@ impl Step {
 fn push_flat<'a>(value: Option<&'a Value>, ty: &'static str, out: &mut Vec<Node<'a>>) {
     match value {
         None | Some(Value::Null) => {}
-        Some(Value::Array(items)) => out.extend(
-            items
-                .iter()
-                .filter(|v| !matches!(v, Value::Null))
-                .map(|v| (v, ty)),
-        ),
+        Some(Value::Array(items)) => out.extend(items.iter().filter(|v| !matches!(v, Value::Null)).map(|v| (v, ty))),
         Some(v) => out.push((v, ty)),
     }
 }
@@ -313,20 +290,13 @@ fn compile(expr: &'static str, resource: &'static str, kind: ParamType) -> Resul
         }
     }
     if paths.is_empty() {
-        return Err(format!(
-            "no value of {expr} can be indexed as {}",
-            kind.as_str()
-        ));
+        return Err(format!("no value of {expr} can be indexed as {}", kind.as_str()));
     }
     Ok(Expr { paths })
 }
 
 /// Resolves a path's element types; `None` when none of its values is indexable.
-fn type_path(
-    root: &'static str,
-    raw: Vec<RawStep>,
-    kind: ParamType,
-) -> Result<Option<Path>, String> {
+fn type_path(root: &'static str, raw: Vec<RawStep>, kind: ParamType) -> Result<Option<Path>, String> {
     let mut steps = Vec::new();
     let mut types: Vec<&'static str> = vec![root];
     for step in raw {
@@ -338,14 +308,9 @@ fn type_path(
                 let el = element(ctx, name)?;
                 types = el.types.to_vec();
                 if el.choice {
-                    steps.push(Step::Choice(
-                        el.types.iter().map(|t| (choice_key(name, t), *t)).collect(),
-                    ));
+                    steps.push(Step::Choice(el.types.iter().map(|t| (choice_key(name, t), *t)).collect()));
                 } else {
-                    steps.push(Step::Member {
-                        key: name,
-                        ty: el.types[0],
-                    });
+                    steps.push(Step::Member { key: name, ty: el.types[0] });
                 }
             }
             RawStep::As(ty) => {
@@ -399,9 +364,7 @@ fn tokenize(expr: &'static str) -> Result<Vec<Token>, String> {
                 i += 1;
             }
             b'\'' => {
-                let len = expr[i + 1..]
-                    .find('\'')
-                    .ok_or("unterminated string literal")?;
+                let len = expr[i + 1..].find('\'').ok_or("unterminated string literal")?;
                 let lit = &expr[i + 1..i + 1 + len];
                 if lit.contains('\\') {
                     return Err("escapes in string literals are not supported".into());
@@ -527,9 +490,7 @@ impl Parser {
                 self.pos += 1;
                 Ok(RawStep::WhereEq(first, lit))
             }
-            other => Err(format!(
-                "where() compares only with a string literal, found {other:?}"
-            )),
+            other => Err(format!("where() compares only with a string literal, found {other:?}")),
         }
     }
 }
@@ -537,9 +498,7 @@ impl Parser {
 // ------------------------------------------------------------------ conversion
 
 fn str_of<'a>(node: &'a Value, key: &str) -> Option<&'a str> {
-    node.get(key)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
+    node.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
 }
 
 fn owned(node: &Value, key: &str) -> Option<String> {
@@ -547,10 +506,7 @@ fn owned(node: &Value, key: &str) -> Option<String> {
 }
 
 fn string_value(s: &str) -> IndexValue {
-    IndexValue::String {
-        exact: s.to_owned(),
-        normalized: normalize_string(s),
-    }
+    IndexValue::String { exact: s.to_owned(), normalized: normalize_string(s) }
 }
 
 /// Turns one node of FHIR type `ty` into the index values of a `kind` parameter.
@@ -563,15 +519,7 @@ fn convert(kind: ParamType, ty: &str, node: &Value, emit: &mut dyn FnMut(IndexVa
                 strings_of(node, &parts, emit);
             }
             "Address" => {
-                let parts = [
-                    "line",
-                    "city",
-                    "district",
-                    "state",
-                    "postalCode",
-                    "country",
-                    "text",
-                ];
+                let parts = ["line", "city", "district", "state", "postalCode", "country", "text"];
                 strings_of(node, &parts, emit);
             }
             _ => {
@@ -585,10 +533,7 @@ fn convert(kind: ParamType, ty: &str, node: &Value, emit: &mut dyn FnMut(IndexVa
                 let bound = |key| node.get(key).and_then(Value::as_str).map(date_range);
                 let (start, end) = (bound("start"), bound("end"));
                 // A bound that is present but unreadable spoils the period.
-                if start.is_none() && end.is_none()
-                    || matches!(start, Some(None))
-                    || matches!(end, Some(None))
-                {
+                if start.is_none() && end.is_none() || matches!(start, Some(None)) || matches!(end, Some(None)) {
                     return;
                 }
                 let low = start.flatten().map_or(i64::MIN, |r| r.0);
@@ -598,11 +543,7 @@ fn convert(kind: ParamType, ty: &str, node: &Value, emit: &mut dyn FnMut(IndexVa
                 }
             }
             "Timing" => {
-                for event in node
-                    .get("event")
-                    .and_then(Value::as_array)
-                    .unwrap_or_default()
-                {
+                for event in node.get("event").and_then(Value::as_array).unwrap_or_default() {
                     if let Some((low, high)) = event.as_str().and_then(date_range) {
                         emit(IndexValue::Date { low, high });
                     }
@@ -626,10 +567,7 @@ fn convert(kind: ParamType, ty: &str, node: &Value, emit: &mut dyn FnMut(IndexVa
         },
         ParamType::Number => {
             if let Some(n) = node.as_number() {
-                emit(IndexValue::Number {
-                    text: n.as_str().to_owned(),
-                    value: n.as_f64(),
-                });
+                emit(IndexValue::Number { text: n.as_str().to_owned(), value: n.as_f64() });
             }
         }
         ParamType::Quantity => {
@@ -658,11 +596,7 @@ fn strings_of(node: &Value, keys: &[&str], emit: &mut dyn FnMut(IndexValue)) {
         match node.get(key) {
             Some(Value::String(s)) if !s.is_empty() => emit(string_value(s)),
             Some(Value::Array(items)) => {
-                for s in items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .filter(|s| !s.is_empty())
-                {
+                for s in items.iter().filter_map(Value::as_str).filter(|s| !s.is_empty()) {
                     emit(string_value(s));
                 }
             }
@@ -672,11 +606,7 @@ fn strings_of(node: &Value, keys: &[&str], emit: &mut dyn FnMut(IndexValue)) {
 }
 
 fn coding(node: &Value, emit: &mut dyn FnMut(IndexValue)) {
-    let (system, code, text) = (
-        owned(node, "system"),
-        owned(node, "code"),
-        owned(node, "display"),
-    );
+    let (system, code, text) = (owned(node, "system"), owned(node, "code"), owned(node, "display"));
     if system.is_some() || code.is_some() || text.is_some() {
         emit(IndexValue::Token { system, code, text });
     }
@@ -686,19 +616,11 @@ fn token(ty: &str, node: &Value, emit: &mut dyn FnMut(IndexValue)) {
     match ty {
         "Coding" => coding(node, emit),
         "CodeableConcept" => {
-            for c in node
-                .get("coding")
-                .and_then(Value::as_array)
-                .unwrap_or_default()
-            {
+            for c in node.get("coding").and_then(Value::as_array).unwrap_or_default() {
                 coding(c, emit);
             }
             if let Some(text) = owned(node, "text") {
-                emit(IndexValue::Token {
-                    system: None,
-                    code: None,
-                    text: Some(text),
-                });
+                emit(IndexValue::Token { system: None, code: None, text: Some(text) });
             }
         }
         "Identifier" => {
@@ -710,29 +632,17 @@ fn token(ty: &str, node: &Value, emit: &mut dyn FnMut(IndexValue)) {
         }
         "ContactPoint" => {
             if let Some(value) = owned(node, "value") {
-                emit(IndexValue::Token {
-                    system: None,
-                    code: Some(value),
-                    text: None,
-                });
+                emit(IndexValue::Token { system: None, code: Some(value), text: None });
             }
         }
         "boolean" => {
             if let Some(b) = node.as_bool() {
-                emit(IndexValue::Token {
-                    system: None,
-                    code: Some(b.to_string()),
-                    text: None,
-                });
+                emit(IndexValue::Token { system: None, code: Some(b.to_string()), text: None });
             }
         }
         _ => {
             if let Some(s) = node.as_str().filter(|s| !s.is_empty()) {
-                emit(IndexValue::Token {
-                    system: None,
-                    code: Some(s.to_owned()),
-                    text: None,
-                });
+                emit(IndexValue::Token { system: None, code: Some(s.to_owned()), text: None });
             }
         }
     }
@@ -740,15 +650,11 @@ fn token(ty: &str, node: &Value, emit: &mut dyn FnMut(IndexValue)) {
 
 fn reference(node: &Value, emit: &mut dyn FnMut(IndexValue)) {
     let reference = str_of(node, "reference");
-    let identifier = node
-        .get("identifier")
-        .and_then(|i| Some((owned(i, "system"), owned(i, "value")?)));
+    let identifier = node.get("identifier").and_then(|i| Some((owned(i, "system"), owned(i, "value")?)));
     if reference.is_none() && identifier.is_none() {
         return; // display-only reference: nothing to search on
     }
-    let target = reference
-        .filter(|r| !r.starts_with('#'))
-        .and_then(parse_reference);
+    let target = reference.filter(|r| !r.starts_with('#')).and_then(parse_reference);
     emit(IndexValue::Reference {
         reference: reference.map(str::to_owned),
         target_type: target.map(|t| t.0.to_owned()),
@@ -764,26 +670,15 @@ mod tests {
     use serde_json::json;
 
     fn values(resource: &Value, code: &str) -> Vec<IndexValue> {
-        extract(resource)
-            .into_iter()
-            .filter(|(p, _)| p.code == code)
-            .map(|(_, v)| v)
-            .collect()
+        extract(resource).into_iter().filter(|(p, _)| p.code == code).map(|(_, v)| v).collect()
     }
 
     fn set(resource: &mut Value, key: &str, value: serde_json::Value) {
-        resource
-            .as_object_mut()
-            .expect("an object")
-            .insert(key, Value::from(value));
+        resource.as_object_mut().expect("an object").insert(key, Value::from(value));
     }
 
     fn tok(system: Option<&str>, code: Option<&str>, text: Option<&str>) -> IndexValue {
-        IndexValue::Token {
-            system: system.map(Into::into),
-            code: code.map(Into::into),
-            text: text.map(Into::into),
-        }
+        IndexValue::Token { system: system.map(Into::into), code: code.map(Into::into), text: text.map(Into::into) }
     }
 
     fn reference_to(r: &str, ty: Option<&str>, id: Option<&str>) -> IndexValue {
@@ -841,34 +736,19 @@ mod tests {
     #[test]
     fn every_table_expression_compiles() {
         for (def, compiled) in PARAMS.iter().zip(COMPILED.iter()) {
-            assert!(
-                compiled.is_ok(),
-                "{}.{}: {:?}",
-                def.resource,
-                def.code,
-                compiled.as_ref().err()
-            );
+            assert!(compiled.is_ok(), "{}.{}: {:?}", def.resource, def.code, compiled.as_ref().err());
         }
     }
 
     #[test]
     fn observation_subject_and_patient_references() {
         let obs = observation();
-        assert_eq!(
-            values(&obs, "subject"),
-            [reference_to("Patient/p1", Some("Patient"), Some("p1"))]
-        );
-        assert_eq!(
-            values(&obs, "patient"),
-            [reference_to("Patient/p1", Some("Patient"), Some("p1"))]
-        );
+        assert_eq!(values(&obs, "subject"), [reference_to("Patient/p1", Some("Patient"), Some("p1"))]);
+        assert_eq!(values(&obs, "patient"), [reference_to("Patient/p1", Some("Patient"), Some("p1"))]);
         let mut group = observation();
         set(&mut group, "subject", json!({"reference": "Group/g1"}));
         assert_eq!(values(&group, "subject").len(), 1);
-        assert!(
-            values(&group, "patient").is_empty(),
-            "a Group subject is not a patient"
-        );
+        assert!(values(&group, "patient").is_empty(), "a Group subject is not a patient");
     }
 
     #[test]
@@ -876,51 +756,28 @@ mod tests {
         let obs = observation();
         assert_eq!(
             values(&obs, "code"),
-            [
-                tok(
-                    Some("http://loinc.org"),
-                    Some("85354-9"),
-                    Some("Blood pressure")
-                ),
-                tok(None, None, Some("BP"))
-            ]
+            [tok(Some("http://loinc.org"), Some("85354-9"), Some("Blood pressure")), tok(None, None, Some("BP"))]
         );
         assert_eq!(
             values(&obs, "category"),
-            [tok(
-                Some("http://terminology.hl7.org/CodeSystem/observation-category"),
-                Some("vital-signs"),
-                None
-            )]
+            [tok(Some("http://terminology.hl7.org/CodeSystem/observation-category"), Some("vital-signs"), None)]
         );
         assert_eq!(values(&obs, "status"), [tok(None, Some("final"), None)]);
         let comp: Vec<_> = values(&obs, "component-code");
         assert_eq!(
             comp,
-            [
-                tok(Some("http://loinc.org"), Some("8480-6"), None),
-                tok(Some("http://loinc.org"), Some("8462-4"), None)
-            ]
+            [tok(Some("http://loinc.org"), Some("8480-6"), None), tok(Some("http://loinc.org"), Some("8462-4"), None)]
         );
         assert_eq!(values(&obs, "combo-code").len(), 4);
-        assert_eq!(
-            values(&obs, "identifier"),
-            [tok(Some("urn:ids"), Some("A-1"), None)]
-        );
+        assert_eq!(values(&obs, "identifier"), [tok(Some("urn:ids"), Some("A-1"), None)]);
         assert_eq!(values(&obs, "_tag"), [tok(Some("urn:t"), Some("x"), None)]);
-        assert_eq!(
-            values(&obs, "_profile"),
-            [IndexValue::Uri("http://example.org/p".into())]
-        );
+        assert_eq!(values(&obs, "_profile"), [IndexValue::Uri("http://example.org/p".into())]);
     }
 
     #[test]
     fn observation_date_from_effective_date_time_in_utc() {
         let v = values(&observation(), "date");
-        assert_eq!(
-            dates(&v),
-            [pair("2024-02-10T07:30:00.000Z", "2024-02-10T07:30:00.999Z")]
-        );
+        assert_eq!(dates(&v), [pair("2024-02-10T07:30:00.000Z", "2024-02-10T07:30:00.999Z")]);
     }
 
     #[test]
@@ -928,19 +785,9 @@ mod tests {
         let mut obs = observation();
         obs.as_object_mut().unwrap().remove("effectiveDateTime");
         set(&mut obs, "effectivePeriod", json!({"start": "2024-02"}));
-        assert_eq!(
-            dates(&values(&obs, "date")),
-            [pair("2024-02-01T00:00:00.000Z", "+inf")]
-        );
-        set(
-            &mut obs,
-            "effectivePeriod",
-            json!({"start": "2024-01-05", "end": "2024-01-06"}),
-        );
-        assert_eq!(
-            dates(&values(&obs, "date")),
-            [pair("2024-01-05T00:00:00.000Z", "2024-01-06T23:59:59.999Z")]
-        );
+        assert_eq!(dates(&values(&obs, "date")), [pair("2024-02-01T00:00:00.000Z", "+inf")]);
+        set(&mut obs, "effectivePeriod", json!({"start": "2024-01-05", "end": "2024-01-06"}));
+        assert_eq!(dates(&values(&obs, "date")), [pair("2024-01-05T00:00:00.000Z", "2024-01-06T23:59:59.999Z")]);
     }
 
     #[test]
@@ -968,24 +815,15 @@ mod tests {
         set(&mut obs, "valueString", json!("Mycket Bra"));
         assert_eq!(
             values(&obs, "value-string"),
-            [IndexValue::String {
-                exact: "Mycket Bra".into(),
-                normalized: "mycket bra".into()
-            }]
+            [IndexValue::String { exact: "Mycket Bra".into(), normalized: "mycket bra".into() }]
         );
         obs.as_object_mut().unwrap().remove("valueString");
         set(&mut obs, "valueCodeableConcept", json!({"text": "Ökad"}));
         assert_eq!(
             values(&obs, "value-string"),
-            [IndexValue::String {
-                exact: "Ökad".into(),
-                normalized: "okad".into()
-            }]
+            [IndexValue::String { exact: "Ökad".into(), normalized: "okad".into() }]
         );
-        assert_eq!(
-            values(&obs, "value-concept"),
-            [tok(None, None, Some("Ökad"))]
-        );
+        assert_eq!(values(&obs, "value-concept"), [tok(None, None, Some("Ökad"))]);
     }
 
     fn task() -> Value {
@@ -1011,50 +849,20 @@ mod tests {
                 reference: None,
                 target_type: None,
                 target_id: None,
-                identifier: Some((
-                    Some("urn:oid:1.2.752.29.4.19".into()),
-                    "SE2321000016-1234".into()
-                )),
+                identifier: Some((Some("urn:oid:1.2.752.29.4.19".into()), "SE2321000016-1234".into())),
             }]
         );
         assert_eq!(
             values(&t, "requester"),
-            [reference_to(
-                "PractitionerRole/r1",
-                Some("PractitionerRole"),
-                Some("r1")
-            )]
+            [reference_to("PractitionerRole/r1", Some("PractitionerRole"), Some("r1"))]
         );
         assert_eq!(values(&t, "status"), [tok(None, Some("requested"), None)]);
-        assert_eq!(
-            values(&t, "code"),
-            [tok(
-                Some("http://hl7.org/fhir/CodeSystem/task-code"),
-                Some("fulfill"),
-                None
-            )]
-        );
-        assert_eq!(
-            values(&t, "focus"),
-            [reference_to(
-                "DocumentReference/d1",
-                Some("DocumentReference"),
-                Some("d1")
-            )]
-        );
+        assert_eq!(values(&t, "code"), [tok(Some("http://hl7.org/fhir/CodeSystem/task-code"), Some("fulfill"), None)]);
+        assert_eq!(values(&t, "focus"), [reference_to("DocumentReference/d1", Some("DocumentReference"), Some("d1"))]);
         let abs = "https://fhir.example.se/base/Patient/p9/_history/3";
-        assert_eq!(
-            values(&t, "patient"),
-            [reference_to(abs, Some("Patient"), Some("p9"))]
-        );
-        assert_eq!(
-            values(&t, "subject"),
-            [reference_to(abs, Some("Patient"), Some("p9"))]
-        );
-        assert_eq!(
-            dates(&values(&t, "authored-on")),
-            [pair("2024-05-01T12:00:00.000Z", "2024-05-01T12:00:00.999Z")]
-        );
+        assert_eq!(values(&t, "patient"), [reference_to(abs, Some("Patient"), Some("p9"))]);
+        assert_eq!(values(&t, "subject"), [reference_to(abs, Some("Patient"), Some("p9"))]);
+        assert_eq!(dates(&values(&t, "authored-on")), [pair("2024-05-01T12:00:00.000Z", "2024-05-01T12:00:00.999Z")]);
     }
 
     #[test]
@@ -1069,25 +877,11 @@ mod tests {
             "author": [{"reference": "Practitioner/pr1"}, {"reference": "Organization/org1"}],
             "content": [{"attachment": {"contentType": "application/pdf", "url": "Binary/b1"}}]
         }));
-        assert_eq!(
-            values(&d, "type"),
-            [tok(
-                Some("http://loinc.org"),
-                Some("18842-5"),
-                Some("Discharge summary")
-            )]
-        );
+        assert_eq!(values(&d, "type"), [tok(Some("http://loinc.org"), Some("18842-5"), Some("Discharge summary"))]);
         let uuid = "urn:uuid:0a6a6d3a-1b2c-4d5e-8f90-123456789abc";
         assert_eq!(values(&d, "subject"), [reference_to(uuid, None, None)]);
-        assert_eq!(
-            values(&d, "patient"),
-            [reference_to(uuid, None, None)],
-            "Reference.type names the target"
-        );
-        assert_eq!(
-            dates(&values(&d, "date")),
-            [pair("2024-06-01T07:00:00.123Z", "2024-06-01T07:00:00.123Z")]
-        );
+        assert_eq!(values(&d, "patient"), [reference_to(uuid, None, None)], "Reference.type names the target");
+        assert_eq!(dates(&values(&d, "date")), [pair("2024-06-01T07:00:00.123Z", "2024-06-01T07:00:00.123Z")]);
         assert_eq!(
             values(&d, "author"),
             [
@@ -1095,18 +889,9 @@ mod tests {
                 reference_to("Organization/org1", Some("Organization"), Some("org1"))
             ]
         );
-        assert_eq!(
-            values(&d, "identifier"),
-            [tok(Some("urn:ietf:rfc:3986"), Some("urn:oid:1.2.3"), None)]
-        );
-        assert_eq!(
-            values(&d, "contenttype"),
-            [tok(None, Some("application/pdf"), None)]
-        );
-        assert_eq!(
-            values(&d, "location"),
-            [IndexValue::Uri("Binary/b1".into())]
-        );
+        assert_eq!(values(&d, "identifier"), [tok(Some("urn:ietf:rfc:3986"), Some("urn:oid:1.2.3"), None)]);
+        assert_eq!(values(&d, "contenttype"), [tok(None, Some("application/pdf"), None)]);
+        assert_eq!(values(&d, "location"), [IndexValue::Uri("Binary/b1".into())]);
     }
 
     fn patient() -> Value {
@@ -1141,59 +926,28 @@ mod tests {
         let p = patient();
         assert_eq!(
             values(&p, "family"),
-            [IndexValue::String {
-                exact: "Tolvansson".into(),
-                normalized: "tolvansson".into()
-            }]
+            [IndexValue::String { exact: "Tolvansson".into(), normalized: "tolvansson".into() }]
         );
         let given = values(&p, "given");
-        assert_eq!(
-            given[1],
-            IndexValue::String {
-                exact: "Åke".into(),
-                normalized: "ake".into()
-            }
-        );
+        assert_eq!(given[1], IndexValue::String { exact: "Åke".into(), normalized: "ake".into() });
         let name = values(&p, "name");
         assert_eq!(name.len(), 4, "family, two given, text: {name:?}");
         let address = values(&p, "address");
-        assert!(address.contains(&IndexValue::String {
-            exact: "Göteborg".into(),
-            normalized: "goteborg".into()
-        }));
+        assert!(address.contains(&IndexValue::String { exact: "Göteborg".into(), normalized: "goteborg".into() }));
         assert_eq!(address.len(), 3);
     }
 
     #[test]
     fn patient_birthdate_gender_organization_active_and_telecom_filters() {
         let p = patient();
-        assert_eq!(
-            dates(&values(&p, "birthdate")),
-            [pair("1912-12-12T00:00:00.000Z", "1912-12-12T23:59:59.999Z")]
-        );
+        assert_eq!(dates(&values(&p, "birthdate")), [pair("1912-12-12T00:00:00.000Z", "1912-12-12T23:59:59.999Z")]);
         assert_eq!(values(&p, "gender"), [tok(None, Some("male"), None)]);
-        assert_eq!(
-            values(&p, "organization"),
-            [reference_to(
-                "Organization/org1",
-                Some("Organization"),
-                Some("org1")
-            )]
-        );
+        assert_eq!(values(&p, "organization"), [reference_to("Organization/org1", Some("Organization"), Some("org1"))]);
         assert_eq!(values(&p, "active"), [tok(None, Some("true"), None)]);
-        assert_eq!(
-            values(&p, "email"),
-            [tok(None, Some("tolva@example.se"), None)]
-        );
-        assert_eq!(
-            values(&p, "phone"),
-            [tok(None, Some("+46 8 123 456"), None)]
-        );
+        assert_eq!(values(&p, "email"), [tok(None, Some("tolva@example.se"), None)]);
+        assert_eq!(values(&p, "phone"), [tok(None, Some("+46 8 123 456"), None)]);
         assert_eq!(values(&p, "telecom").len(), 2);
-        assert_eq!(
-            dates(&values(&p, "death-date")),
-            [pair("2001-01-01T00:00:00.000Z", "2001-01-01T23:59:59.999Z")]
-        );
+        assert_eq!(dates(&values(&p, "death-date")), [pair("2001-01-01T00:00:00.000Z", "2001-01-01T23:59:59.999Z")]);
     }
 
     #[test]
@@ -1210,28 +964,14 @@ mod tests {
                 "scheduledTiming": {"event": ["2024-03-01", "2024-03-08"]}}},
                 {"detail": {"status": "scheduled", "scheduledString": "varje vecka"}}]
         }));
-        assert_eq!(
-            values(&c, "patient"),
-            [reference_to("Patient/p1", Some("Patient"), Some("p1"))]
-        );
-        assert_eq!(
-            dates(&values(&c, "date")),
-            [pair("-inf", "2024-12-31T23:59:59.999Z")]
-        );
-        assert_eq!(
-            values(&c, "activity-date").len(),
-            2,
-            "two Timing events, the string is not a date"
-        );
+        assert_eq!(values(&c, "patient"), [reference_to("Patient/p1", Some("Patient"), Some("p1"))]);
+        assert_eq!(dates(&values(&c, "date")), [pair("-inf", "2024-12-31T23:59:59.999Z")]);
+        assert_eq!(values(&c, "activity-date").len(), 2, "two Timing events, the string is not a date");
         assert_eq!(values(&c, "activity-code"), [tok(None, Some("x"), None)]);
         assert_eq!(values(&c, "category"), [tok(None, None, Some("Vårdplan"))]);
         assert_eq!(
             values(&c, "instantiates-canonical"),
-            [reference_to(
-                "http://example.org/PlanDefinition/pd|1.0",
-                None,
-                None
-            )]
+            [reference_to("http://example.org/PlanDefinition/pd|1.0", None, None)]
         );
     }
 
@@ -1244,21 +984,11 @@ mod tests {
             "startDate": "2024-01-15",
             "target": [{"dueDate": "2024-06-30"}, {"dueDuration": {"value": 3, "unit": "mo"}}]
         }));
-        assert_eq!(
-            dates(&values(&g, "start-date")),
-            [pair("2024-01-15T00:00:00.000Z", "2024-01-15T23:59:59.999Z")]
-        );
-        assert_eq!(
-            dates(&values(&g, "target-date")),
-            [pair("2024-06-30T00:00:00.000Z", "2024-06-30T23:59:59.999Z")]
-        );
-        assert_eq!(
-            values(&g, "lifecycle-status"),
-            [tok(None, Some("active"), None)]
-        );
+        assert_eq!(dates(&values(&g, "start-date")), [pair("2024-01-15T00:00:00.000Z", "2024-01-15T23:59:59.999Z")]);
+        assert_eq!(dates(&values(&g, "target-date")), [pair("2024-06-30T00:00:00.000Z", "2024-06-30T23:59:59.999Z")]);
+        assert_eq!(values(&g, "lifecycle-status"), [tok(None, Some("active"), None)]);
         assert_eq!(values(&g, "patient").len(), 1);
-        let concept =
-            Value::from(json!({"resourceType": "Goal", "startCodeableConcept": {"text": "x"}}));
+        let concept = Value::from(json!({"resourceType": "Goal", "startCodeableConcept": {"text": "x"}}));
         assert!(values(&concept, "start-date").is_empty());
     }
 
@@ -1278,14 +1008,7 @@ mod tests {
                 reference_to("Patient/p1/_history/2", Some("Patient"), Some("p1"))
             ]
         );
-        assert_eq!(
-            values(&p, "patient"),
-            [reference_to(
-                "Patient/p1/_history/2",
-                Some("Patient"),
-                Some("p1")
-            )]
-        );
+        assert_eq!(values(&p, "patient"), [reference_to("Patient/p1/_history/2", Some("Patient"), Some("p1"))]);
         assert_eq!(values(&p, "agent").len(), 1);
         assert_eq!(values(&p, "when").len(), 1);
     }
@@ -1301,37 +1024,17 @@ mod tests {
             "source": {"observer": {"reference": "Device/gw"}},
             "entity": [{"what": {"reference": "Patient/p1"}}, {"what": {"reference": "Observation/o1"}}]
         }));
-        assert_eq!(
-            values(&a, "patient"),
-            [reference_to("Patient/p1", Some("Patient"), Some("p1"))]
-        );
-        assert_eq!(
-            values(&a, "agent"),
-            [reference_to(
-                "Practitioner/pr1",
-                Some("Practitioner"),
-                Some("pr1")
-            )]
-        );
+        assert_eq!(values(&a, "patient"), [reference_to("Patient/p1", Some("Patient"), Some("p1"))]);
+        assert_eq!(values(&a, "agent"), [reference_to("Practitioner/pr1", Some("Practitioner"), Some("pr1"))]);
         assert_eq!(values(&a, "entity").len(), 2);
-        assert_eq!(
-            dates(&values(&a, "date")),
-            [pair("2024-03-03T03:03:03.300Z", "2024-03-03T03:03:03.399Z")]
-        );
+        assert_eq!(dates(&values(&a, "date")), [pair("2024-03-03T03:03:03.300Z", "2024-03-03T03:03:03.399Z")]);
         assert_eq!(
             values(&a, "type"),
-            [tok(
-                Some("http://dicom.nema.org/resources/ontology/DCM"),
-                Some("110110"),
-                None
-            )]
+            [tok(Some("http://dicom.nema.org/resources/ontology/DCM"), Some("110110"), None)]
         );
         assert_eq!(
             values(&a, "agent-name"),
-            [IndexValue::String {
-                exact: "Doktor Ödman".into(),
-                normalized: "doktor odman".into()
-            }]
+            [IndexValue::String { exact: "Doktor Ödman".into(), normalized: "doktor odman".into() }]
         );
     }
 
@@ -1348,14 +1051,8 @@ mod tests {
     #[test]
     fn references_are_split_only_when_they_name_a_resource_type() {
         assert_eq!(parse_reference("Patient/1"), Some(("Patient", "1")));
-        assert_eq!(
-            parse_reference("Patient/1/_history/2"),
-            Some(("Patient", "1"))
-        );
-        assert_eq!(
-            parse_reference("http://x.se/fhir/Observation/a.b-c"),
-            Some(("Observation", "a.b-c"))
-        );
+        assert_eq!(parse_reference("Patient/1/_history/2"), Some(("Patient", "1")));
+        assert_eq!(parse_reference("http://x.se/fhir/Observation/a.b-c"), Some(("Observation", "a.b-c")));
         assert_eq!(parse_reference("Foo/1"), None);
         assert_eq!(parse_reference("a/Patient/1"), None);
         assert_eq!(parse_reference("Patient/"), None);

@@ -83,9 +83,7 @@ pub fn parse(
                 if strict {
                     return Err(ApiError::invalid_at("not-supported", reason, name.as_str()));
                 }
-                out.warnings.push(
-                    Issue::warning("not-supported", format!("{reason}; ignored")).at(name.as_str()),
-                );
+                out.warnings.push(Issue::warning("not-supported", format!("{reason}; ignored")).at(name.as_str()));
             }
         }
     }
@@ -118,18 +116,14 @@ fn apply(
     match name {
         "_format" | "_pretty" => return Ok(Applied::Control),
         "_cursor" => {
-            out.plan.after = Some(Cursor::decode(value).ok_or_else(|| {
-                bad(
-                    name,
-                    "the paging position is not valid; follow the Bundle's next link",
-                )
-            })?);
+            out.plan.after = Some(
+                Cursor::decode(value)
+                    .ok_or_else(|| bad(name, "the paging position is not valid; follow the Bundle's next link"))?,
+            );
             return Ok(Applied::Control);
         }
         "_count" => {
-            let n: u32 = value
-                .parse()
-                .map_err(|_| bad(name, format!("`{value}` is not a whole number")))?;
+            let n: u32 = value.parse().map_err(|_| bad(name, format!("`{value}` is not a whole number")))?;
             out.plan.count = n.min(cfg.max_count) as usize;
             return Ok(Applied::Yes);
         }
@@ -152,9 +146,7 @@ fn apply(
                     Ok(Applied::Yes)
                 }
                 "false" => Ok(Applied::Yes),
-                _ => Ok(Applied::Ignored(format!(
-                    "_summary={value} is not supported (only count and false)"
-                ))),
+                _ => Ok(Applied::Ignored(format!("_summary={value} is not supported (only count and false)"))),
             };
         }
         "_include" => {
@@ -168,28 +160,21 @@ fn apply(
         _ => {}
     }
     if name.starts_with("_include:") || name.starts_with("_revinclude:") {
-        return Ok(Applied::Ignored(format!(
-            "`{name}` (iterate) is not supported"
-        )));
+        return Ok(Applied::Ignored(format!("`{name}` (iterate) is not supported")));
     }
     match filter_for(ty, name, value, base, 0)? {
         Some(f) => {
             out.plan.filters.push(f);
             Ok(Applied::Yes)
         }
-        None => Ok(Applied::Ignored(format!(
-            "unknown search parameter `{name}` for {ty}"
-        ))),
+        None => Ok(Applied::Ignored(format!("unknown search parameter `{name}` for {ty}"))),
     }
 }
 
 fn parse_include(name: &str, value: &str, must_be: Option<&str>) -> Result<IncludeSpec, ApiError> {
     let parts: Vec<&str> = value.split(':').collect();
     if parts.len() < 2 || parts.len() > 3 || parts.contains(&"*") {
-        return Err(bad(
-            name,
-            format!("`{value}` must be SourceType:parameter[:TargetType]"),
-        ));
+        return Err(bad(name, format!("`{value}` must be SourceType:parameter[:TargetType]")));
     }
     let source = parts[0];
     if !crate::fhir::is_supported_type(source) {
@@ -198,33 +183,18 @@ fn parse_include(name: &str, value: &str, must_be: Option<&str>) -> Result<Inclu
     if let Some(t) = must_be
         && t != source
     {
-        return Err(bad(
-            name,
-            format!("`{value}` must start with the searched type {t}"),
-        ));
+        return Err(bad(name, format!("`{value}` must start with the searched type {t}")));
     }
     let def = params::lookup(source, parts[1])
         .filter(|d| d.kind == ParamType::Reference)
-        .ok_or_else(|| {
-            bad(
-                name,
-                format!(
-                    "`{}` is not a reference search parameter of {source}",
-                    parts[1]
-                ),
-            )
-        })?;
+        .ok_or_else(|| bad(name, format!("`{}` is not a reference search parameter of {source}", parts[1])))?;
     let target = parts.get(2).map(|t| t.to_string());
     if let Some(t) = &target
         && !crate::fhir::is_supported_type(t)
     {
         return Err(bad(name, format!("unknown resource type `{t}`")));
     }
-    Ok(IncludeSpec {
-        source: source.to_owned(),
-        param: def.code,
-        target,
-    })
+    Ok(IncludeSpec { source: source.to_owned(), param: def.code, target })
 }
 
 fn parse_sort(ty: &str, value: &str) -> Result<Vec<Sort>, ApiError> {
@@ -238,18 +208,10 @@ fn parse_sort(ty: &str, value: &str) -> Result<Vec<Sort>, ApiError> {
             "_id" => SortKey::Id,
             "_lastUpdated" => SortKey::LastUpdated,
             _ => {
-                let def = params::lookup(ty, code).ok_or_else(|| {
-                    bad(
-                        "_sort",
-                        format!("unknown search parameter `{code}` for {ty}"),
-                    )
-                })?;
-                let table = table_for(def.kind)
-                    .ok_or_else(|| bad("_sort", format!("cannot sort by `{code}`")))?;
-                SortKey::Param {
-                    param: def.code,
-                    table,
-                }
+                let def = params::lookup(ty, code)
+                    .ok_or_else(|| bad("_sort", format!("unknown search parameter `{code}` for {ty}")))?;
+                let table = table_for(def.kind).ok_or_else(|| bad("_sort", format!("cannot sort by `{code}`")))?;
+                SortKey::Param { param: def.code, table }
             }
         };
         keys.push(Sort { key, descending });
@@ -274,13 +236,7 @@ fn table_for(kind: ParamType) -> Option<IndexTable> {
 }
 
 /// The filter for one `name=value` pair; `None` when `name` is unknown for `ty`.
-fn filter_for(
-    ty: &str,
-    name: &str,
-    value: &str,
-    base: &str,
-    depth: usize,
-) -> Result<Option<Filter>, ApiError> {
+fn filter_for(ty: &str, name: &str, value: &str, base: &str, depth: usize) -> Result<Option<Filter>, ApiError> {
     // A chain: `subject:Patient.identifier=…` or `subject.name=…`.
     if let Some((head, rest)) = name.split_once('.') {
         return chain(ty, name, head, rest, value, base, depth).map(Some);
@@ -291,10 +247,7 @@ fn filter_for(
     };
     if code == "_id" {
         no_modifier(name, modifier)?;
-        let atoms = values::split_or(value)
-            .iter()
-            .map(|v| Atom::Id(values::unescape(v)))
-            .collect();
+        let atoms = values::split_or(value).iter().map(|v| Atom::Id(values::unescape(v))).collect();
         return Ok(Some(Filter::Any(atoms)));
     }
     if code == "_lastUpdated" {
@@ -316,11 +269,7 @@ fn filter_for(
             _ => return Err(bad(name, ":missing takes true or false")),
         };
         let table = table_for(def.kind).ok_or_else(|| bad(name, "not supported"))?;
-        return Ok(Some(Filter::Any(vec![Atom::Missing {
-            param: def.code,
-            table,
-            missing,
-        }])));
+        return Ok(Some(Filter::Any(vec![Atom::Missing { param: def.code, table, missing }])));
     }
     let parts = values::split_or(value);
     if parts.is_empty() || parts.iter().any(String::is_empty) {
@@ -331,28 +280,15 @@ fn filter_for(
     for raw in &parts {
         // Tokens handle their own escapes (`\|`); every other type gets the plain value.
         let plain = values::unescape(raw);
-        let v = if def.kind == ParamType::Token {
-            raw
-        } else {
-            &plain
-        };
+        let v = if def.kind == ParamType::Token { raw } else { &plain };
         let atom = match def.kind {
             ParamType::Token => match modifier {
-                None => Atom::Token {
-                    param: def.code,
-                    query: values::parse_token(v).map_err(|m| bad(name, m))?,
-                },
+                None => Atom::Token { param: def.code, query: values::parse_token(v).map_err(|m| bad(name, m))? },
                 Some("not") => {
                     negate = true;
-                    Atom::Token {
-                        param: def.code,
-                        query: values::parse_token(v).map_err(|m| bad(name, m))?,
-                    }
+                    Atom::Token { param: def.code, query: values::parse_token(v).map_err(|m| bad(name, m))? }
                 }
-                Some("text") => Atom::TokenText {
-                    param: def.code,
-                    normalized: values::normalize_string(v),
-                },
+                Some("text") => Atom::TokenText { param: def.code, normalized: values::normalize_string(v) },
                 Some(m) => return Err(unsupported_modifier(name, m, "token")),
             },
             ParamType::String => {
@@ -362,39 +298,20 @@ fn filter_for(
                     Some("contains") => StringMode::Contains,
                     Some(m) => return Err(unsupported_modifier(name, m, "string")),
                 };
-                let value = if mode == StringMode::Exact {
-                    v.clone()
-                } else {
-                    values::normalize_string(v)
-                };
-                Atom::String {
-                    param: def.code,
-                    mode,
-                    value,
-                }
+                let value = if mode == StringMode::Exact { v.clone() } else { values::normalize_string(v) };
+                Atom::String { param: def.code, mode, value }
             }
             ParamType::Date => {
                 no_modifier(name, modifier)?;
                 let (prefix, low, high) = values::parse_date(v).map_err(|m| bad(name, m))?;
-                Atom::Date {
-                    param: def.code,
-                    prefix,
-                    low,
-                    high,
-                }
+                Atom::Date { param: def.code, prefix, low, high }
             }
             ParamType::Reference => reference_atom(def, name, modifier, v, base)?,
             ParamType::Number => {
                 no_modifier(name, modifier)?;
                 let (prefix, value, text) = values::parse_number(v).map_err(|m| bad(name, m))?;
                 let (low, high) = precision_range(value, &text);
-                Atom::Number {
-                    param: def.code,
-                    prefix,
-                    value,
-                    low,
-                    high,
-                }
+                Atom::Number { param: def.code, prefix, value, low, high }
             }
             ParamType::Quantity => {
                 no_modifier(name, modifier)?;
@@ -402,18 +319,9 @@ fn filter_for(
                 let number = it.next().unwrap_or("");
                 let system = it.next().filter(|s| !s.is_empty()).map(str::to_owned);
                 let code = it.next().filter(|s| !s.is_empty()).map(str::to_owned);
-                let (prefix, value, text) =
-                    values::parse_number(number).map_err(|m| bad(name, m))?;
+                let (prefix, value, text) = values::parse_number(number).map_err(|m| bad(name, m))?;
                 let (low, high) = precision_range(value, &text);
-                Atom::Quantity {
-                    param: def.code,
-                    prefix,
-                    value,
-                    low,
-                    high,
-                    system,
-                    code,
-                }
+                Atom::Quantity { param: def.code, prefix, value, low, high, system, code }
             }
             ParamType::Uri => {
                 let below = match modifier {
@@ -421,27 +329,15 @@ fn filter_for(
                     Some("below") => true,
                     Some(m) => return Err(unsupported_modifier(name, m, "uri")),
                 };
-                Atom::Uri {
-                    param: def.code,
-                    value: v.clone(),
-                    below,
-                }
+                Atom::Uri { param: def.code, value: v.clone(), below }
             }
             ParamType::Composite | ParamType::Special => {
-                return Err(ApiError::invalid_at(
-                    "not-supported",
-                    "parameter type not supported",
-                    name,
-                ));
+                return Err(ApiError::invalid_at("not-supported", "parameter type not supported", name));
             }
         };
         atoms.push(atom);
     }
-    Ok(Some(if negate {
-        Filter::None(atoms)
-    } else {
-        Filter::Any(atoms)
-    }))
+    Ok(Some(if negate { Filter::None(atoms) } else { Filter::Any(atoms) }))
 }
 
 fn no_modifier(name: &str, modifier: Option<&str>) -> Result<(), ApiError> {
@@ -452,11 +348,7 @@ fn no_modifier(name: &str, modifier: Option<&str>) -> Result<(), ApiError> {
 }
 
 fn unsupported_modifier(name: &str, modifier: &str, kind: &str) -> ApiError {
-    ApiError::invalid_at(
-        "not-supported",
-        format!("modifier `:{modifier}` is not supported on {kind} parameters"),
-        name,
-    )
+    ApiError::invalid_at("not-supported", format!("modifier `:{modifier}` is not supported on {kind} parameters"), name)
 }
 
 /// The range a number's written precision implies: `100` is [99.5, 100.5).
@@ -485,24 +377,14 @@ fn reference_atom(
             if !def.targets.is_empty() && !def.targets.contains(&t) {
                 return Err(bad(name, format!("{} cannot refer to {t}", def.code)));
             }
-            return Ok(Atom::Reference {
-                param: def.code,
-                ty: Some(t.to_owned()),
-                id: v.to_owned(),
-            });
+            return Ok(Atom::Reference { param: def.code, ty: Some(t.to_owned()), id: v.to_owned() });
         }
         Some(m) => return Err(unsupported_modifier(name, m, "reference")),
         None => {}
     }
-    let local = v
-        .strip_prefix(base)
-        .and_then(|r| r.strip_prefix('/'))
-        .unwrap_or(v);
+    let local = v.strip_prefix(base).and_then(|r| r.strip_prefix('/')).unwrap_or(v);
     if local.contains("://") || local.starts_with("urn:") {
-        return Ok(Atom::ReferenceUrl {
-            param: def.code,
-            url: v.to_owned(),
-        });
+        return Ok(Atom::ReferenceUrl { param: def.code, url: v.to_owned() });
     }
     let segments: Vec<&str> = local.split('/').collect();
     match segments.as_slice() {
@@ -511,21 +393,12 @@ fn reference_atom(
                 [only] => Some((*only).to_owned()),
                 _ => None,
             };
-            Ok(Atom::Reference {
-                param: def.code,
-                ty,
-                id: (*id).to_owned(),
-            })
+            Ok(Atom::Reference { param: def.code, ty, id: (*id).to_owned() })
         }
-        [ty, id] | [ty, id, "_history", _] => Ok(Atom::Reference {
-            param: def.code,
-            ty: Some((*ty).to_owned()),
-            id: (*id).to_owned(),
-        }),
-        _ => Err(bad(
-            name,
-            format!("`{v}` is not a reference (Type/id, id or an absolute URL)"),
-        )),
+        [ty, id] | [ty, id, "_history", _] => {
+            Ok(Atom::Reference { param: def.code, ty: Some((*ty).to_owned()), id: (*id).to_owned() })
+        }
+        _ => Err(bad(name, format!("`{v}` is not a reference (Type/id, id or an absolute URL)"))),
     }
 }
 
@@ -539,10 +412,7 @@ fn chain(
     depth: usize,
 ) -> Result<Filter, ApiError> {
     if depth >= MAX_CHAIN_DEPTH {
-        return Err(bad(
-            name,
-            format!("chains longer than {MAX_CHAIN_DEPTH} links are not supported"),
-        ));
+        return Err(bad(name, format!("chains longer than {MAX_CHAIN_DEPTH} links are not supported")));
     }
     let (code, target) = match head.split_once(':') {
         Some((c, t)) => (c, Some(t)),
@@ -550,64 +420,33 @@ fn chain(
     };
     let def = params::lookup(ty, code)
         .filter(|d| d.kind == ParamType::Reference)
-        .ok_or_else(|| {
-            bad(
-                name,
-                format!("`{code}` is not a reference search parameter of {ty}"),
-            )
-        })?;
+        .ok_or_else(|| bad(name, format!("`{code}` is not a reference search parameter of {ty}")))?;
     let target = match (target, def.targets) {
         (Some(t), _) => t.to_owned(),
         (None, [only]) => (*only).to_owned(),
         (None, _) => {
             return Err(bad(
                 name,
-                format!(
-                    "`{code}` can refer to several types; name one, e.g. {code}:Patient.{rest}"
-                ),
+                format!("`{code}` can refer to several types; name one, e.g. {code}:Patient.{rest}"),
             ));
         }
     };
     if !crate::fhir::is_supported_type(&target) {
-        return Err(bad(
-            name,
-            format!("cannot chain into unsupported type `{target}`"),
-        ));
+        return Err(bad(name, format!("cannot chain into unsupported type `{target}`")));
     }
-    let inner = filter_for(&target, rest, value, base, depth + 1)?.ok_or_else(|| {
-        bad(
-            name,
-            format!("unknown search parameter `{rest}` for {target}"),
-        )
-    })?;
-    Ok(Filter::Any(vec![Atom::Chain {
-        param: def.code,
-        ty: target,
-        filters: vec![inner],
-    }]))
+    let inner = filter_for(&target, rest, value, base, depth + 1)?
+        .ok_or_else(|| bad(name, format!("unknown search parameter `{rest}` for {target}")))?;
+    Ok(Filter::Any(vec![Atom::Chain { param: def.code, ty: target, filters: vec![inner] }]))
 }
 
 /// Parses the criteria of a conditional operation (`If-None-Exist`, `PUT Type?…`): no paging or result parameters.
-pub fn parse_conditional(
-    ty: &str,
-    criteria: &str,
-    cfg: &FhirConfig,
-    base: &str,
-) -> Result<SearchPlan, ApiError> {
+pub fn parse_conditional(ty: &str, criteria: &str, cfg: &FhirConfig, base: &str) -> Result<SearchPlan, ApiError> {
     let pairs = parse_query_string(criteria);
     if pairs.is_empty() {
-        return Err(ApiError::PreconditionFailed(
-            "conditional operation without search criteria".into(),
-        ));
+        return Err(ApiError::PreconditionFailed("conditional operation without search criteria".into()));
     }
-    if let Some((n, _)) = pairs
-        .iter()
-        .find(|(n, _)| n.starts_with('_') && n != "_id" && n != "_lastUpdated")
-    {
-        return Err(bad(
-            n,
-            "result parameters are not allowed in conditional criteria",
-        ));
+    if let Some((n, _)) = pairs.iter().find(|(n, _)| n.starts_with('_') && n != "_id" && n != "_lastUpdated") {
+        return Err(bad(n, "result parameters are not allowed in conditional criteria"));
     }
     let parsed = parse(ty, &pairs, cfg, true, base)?;
     let mut plan = parsed.plan;
@@ -620,9 +459,7 @@ pub fn parse_conditional(
 pub fn parse_query_string(q: &str) -> Vec<(String, String)> {
     let decode = |s: &str| {
         let s = s.replace('+', " ");
-        percent_encoding::percent_decode_str(&s)
-            .decode_utf8_lossy()
-            .into_owned()
+        percent_encoding::percent_decode_str(&s).decode_utf8_lossy().into_owned()
     };
     q.trim_start_matches('?')
         .split('&')
@@ -662,10 +499,7 @@ mod tests {
     use super::*;
 
     fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
     }
 
     fn cfg() -> FhirConfig {
@@ -674,26 +508,10 @@ mod tests {
 
     #[test]
     fn unknown_parameter_is_a_warning_or_an_error_when_strict() {
-        let p = parse(
-            "Observation",
-            &q(&[("bogus", "1")]),
-            &cfg(),
-            false,
-            "http://x/fhir",
-        )
-        .unwrap();
+        let p = parse("Observation", &q(&[("bogus", "1")]), &cfg(), false, "http://x/fhir").unwrap();
         assert_eq!(p.warnings.len(), 1);
         assert!(p.applied.is_empty());
-        assert!(
-            parse(
-                "Observation",
-                &q(&[("bogus", "1")]),
-                &cfg(),
-                true,
-                "http://x/fhir"
-            )
-            .is_err()
-        );
+        assert!(parse("Observation", &q(&[("bogus", "1")]), &cfg(), true, "http://x/fhir").is_err());
     }
 
     #[test]
@@ -707,56 +525,24 @@ mod tests {
 
     #[test]
     fn chain_requires_a_type_when_ambiguous() {
-        let ok = parse(
-            "Observation",
-            &q(&[("subject:Patient.identifier", "s|v")]),
-            &cfg(),
-            true,
-            "",
-        )
-        .unwrap();
+        let ok = parse("Observation", &q(&[("subject:Patient.identifier", "s|v")]), &cfg(), true, "").unwrap();
         assert!(
             matches!(&ok.plan.filters[0], Filter::Any(a) if matches!(&a[0], Atom::Chain { ty, .. } if ty == "Patient"))
         );
-        assert!(
-            parse(
-                "Observation",
-                &q(&[("subject.identifier", "s|v")]),
-                &cfg(),
-                true,
-                ""
-            )
-            .is_err()
-        );
+        assert!(parse("Observation", &q(&[("subject.identifier", "s|v")]), &cfg(), true, "").is_err());
     }
 
     #[test]
     fn absolute_local_references_become_local() {
-        let p = parse(
-            "Observation",
-            &q(&[("subject", "http://x/fhir/Patient/1")]),
-            &cfg(),
-            true,
-            "http://x/fhir",
-        )
-        .unwrap();
-        let Filter::Any(atoms) = &p.plan.filters[0] else {
-            panic!()
-        };
-        assert!(
-            matches!(&atoms[0], Atom::Reference { ty: Some(t), id, .. } if t == "Patient" && id == "1")
-        );
+        let p =
+            parse("Observation", &q(&[("subject", "http://x/fhir/Patient/1")]), &cfg(), true, "http://x/fhir").unwrap();
+        let Filter::Any(atoms) = &p.plan.filters[0] else { panic!() };
+        assert!(matches!(&atoms[0], Atom::Reference { ty: Some(t), id, .. } if t == "Patient" && id == "1"));
     }
 
     #[test]
     fn bad_dates_and_sorts_are_errors_naming_the_parameter() {
-        let Err(ApiError::Invalid(i)) = parse(
-            "Observation",
-            &q(&[("date", "2024-02-30")]),
-            &cfg(),
-            true,
-            "",
-        ) else {
+        let Err(ApiError::Invalid(i)) = parse("Observation", &q(&[("date", "2024-02-30")]), &cfg(), true, "") else {
             panic!("accepted")
         };
         assert_eq!(i[0].expression.as_deref(), Some("date"));
@@ -766,17 +552,8 @@ mod tests {
     #[test]
     fn query_strings_round_trip() {
         let pairs = parse_query_string("subject%3APatient.identifier=a%7Cb&name=Anna+Maria");
-        assert_eq!(
-            pairs,
-            q(&[
-                ("subject:Patient.identifier", "a|b"),
-                ("name", "Anna Maria")
-            ])
-        );
-        assert_eq!(
-            encode_query(&pairs),
-            "subject:Patient.identifier=a|b&name=Anna%20Maria"
-        );
+        assert_eq!(pairs, q(&[("subject:Patient.identifier", "a|b"), ("name", "Anna Maria")]));
+        assert_eq!(encode_query(&pairs), "subject:Patient.identifier=a|b&name=Anna%20Maria");
     }
 
     #[test]

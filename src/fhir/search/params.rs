@@ -81,10 +81,7 @@ pub struct ElementDef {
 /// The supported parameter `code` of `resource_type`.
 pub fn lookup(resource_type: &str, code: &str) -> Option<&'static SearchParamDef> {
     let params = params_for(resource_type);
-    params
-        .binary_search_by(|p| p.code.cmp(code))
-        .ok()
-        .map(|i| &params[i])
+    params.binary_search_by(|p| p.code.cmp(code)).ok().map(|i| &params[i])
 }
 
 /// All supported parameters of `resource_type`, sorted by code (empty for unknown types).
@@ -115,12 +112,7 @@ mod tests {
     #[test]
     fn table_is_sorted_by_resource_then_code_without_duplicates() {
         for w in PARAMS.windows(2) {
-            assert!(
-                (w[0].resource, w[0].code) < (w[1].resource, w[1].code),
-                "{} {}",
-                w[0].code,
-                w[1].code
-            );
+            assert!((w[0].resource, w[0].code) < (w[1].resource, w[1].code), "{} {}", w[0].code, w[1].code);
         }
     }
 
@@ -128,20 +120,11 @@ mod tests {
     fn looks_up_multi_resource_parameter_with_only_this_types_expression() {
         let p = lookup("Observation", "patient").expect("Observation.patient");
         assert_eq!(p.kind, ParamType::Reference);
-        assert_eq!(
-            p.expression,
-            "Observation.subject.where(resolve() is Patient)"
-        );
+        assert_eq!(p.expression, "Observation.subject.where(resolve() is Patient)");
         assert_eq!(p.targets, ["Patient"]);
-        assert_eq!(
-            p.url,
-            "http://hl7.org/fhir/SearchParameter/clinical-patient"
-        );
+        assert_eq!(p.url, "http://hl7.org/fhir/SearchParameter/clinical-patient");
         let d = lookup("DocumentReference", "identifier").unwrap();
-        assert_eq!(
-            d.expression,
-            "DocumentReference.masterIdentifier | DocumentReference.identifier"
-        );
+        assert_eq!(d.expression, "DocumentReference.masterIdentifier | DocumentReference.identifier");
     }
 
     #[test]

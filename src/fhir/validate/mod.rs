@@ -98,18 +98,10 @@ pub fn validate(resource: &Value) -> Vec<Issue> {
 }
 
 fn validate_with(t: &'static Tables, resource: &Value) -> Vec<Issue> {
-    let mut v = Validator {
-        t,
-        path: Vec::with_capacity(32),
-        issues: Vec::new(),
-        depth: 0,
-    };
+    let mut v = Validator { t, path: Vec::with_capacity(32), issues: Vec::new(), depth: 0 };
     match resource {
         Value::Object(obj) => v.resource(obj),
-        other => v.issue(
-            IssueCode::Structure,
-            format!("a resource must be a JSON object, found {}", other.kind()),
-        ),
+        other => v.issue(IssueCode::Structure, format!("a resource must be a JSON object, found {}", other.kind())),
     }
     v.issues
 }
@@ -142,9 +134,7 @@ struct Validator<'a> {
 
 /// The `_name` sibling of a primitive element, if any.
 fn partner<'a>(obj: &'a Object, name: &str) -> Option<&'a Value> {
-    obj.iter()
-        .find(|(k, _)| k.strip_prefix('_') == Some(name))
-        .map(|(_, v)| v)
+    obj.iter().find(|(k, _)| k.strip_prefix('_') == Some(name)).map(|(_, v)| v)
 }
 
 fn quote(s: &str) -> String {
@@ -185,21 +175,12 @@ impl<'a> Validator<'a> {
                 }
             }
         }
-        if out.is_empty() {
-            "$this".to_owned()
-        } else {
-            out
-        }
+        if out.is_empty() { "$this".to_owned() } else { out }
     }
 
     fn issue(&mut self, code: IssueCode, message: String) {
         if self.issues.len() < MAX_ISSUES {
-            self.issues.push(Issue {
-                severity: Severity::Error,
-                code,
-                expression: self.expression(),
-                message,
-            });
+            self.issues.push(Issue { severity: Severity::Error, code, expression: self.expression(), message });
             if self.issues.len() == MAX_ISSUES {
                 self.issues.push(Issue {
                     severity: Severity::Warning,
@@ -223,11 +204,7 @@ impl<'a> Validator<'a> {
         let root = self.path.is_empty();
         let rt = match obj.get("resourceType") {
             None => {
-                return self.issue_at(
-                    "resourceType",
-                    IssueCode::Required,
-                    "missing 'resourceType'".into(),
-                );
+                return self.issue_at("resourceType", IssueCode::Required, "missing 'resourceType'".into());
             }
             Some(Value::String(s)) => s.as_str(),
             Some(other) => {
@@ -245,10 +222,7 @@ impl<'a> Validator<'a> {
             return self.issue_at(
                 "resourceType",
                 IssueCode::NotSupported,
-                format!(
-                    "resource type '{}' is not supported (supported: {supported})",
-                    quote(rt)
-                ),
+                format!("resource type '{}' is not supported (supported: {supported})", quote(rt)),
             );
         };
         if root {
@@ -265,16 +239,10 @@ impl<'a> Validator<'a> {
         let t = self.t;
         let td = &t.types[tid];
         if obj.is_empty() {
-            return self.issue(
-                IssueCode::Structure,
-                format!("empty object is not allowed for {}", td.name),
-            );
+            return self.issue(IssueCode::Structure, format!("empty object is not allowed for {}", td.name));
         }
         if self.depth >= MAX_DEPTH {
-            return self.issue(
-                IssueCode::Structure,
-                format!("elements nested deeper than {MAX_DEPTH} levels"),
-            );
+            return self.issue(IssueCode::Structure, format!("elements nested deeper than {MAX_DEPTH} levels"));
         }
         self.depth += 1;
         let mut seen = [0u64; MAX_ELEMENTS / 64];
@@ -344,9 +312,7 @@ impl<'a> Validator<'a> {
             }
         }
         if tid == t.extension {
-            let has_value = obj
-                .keys()
-                .any(|k| k.starts_with("value") || k.starts_with("_value"));
+            let has_value = obj.keys().any(|k| k.starts_with("value") || k.starts_with("_value"));
             let has_nested = obj.contains_key("extension");
             if has_value == has_nested {
                 self.issue(
@@ -363,29 +329,16 @@ impl<'a> Validator<'a> {
     }
 
     fn unknown(&mut self, key: &'a str, td: &TypeDef) {
-        self.issue_at(
-            key,
-            IssueCode::Structure,
-            format!("unknown element '{}' in {}", quote(key), td.name),
-        );
+        self.issue_at(key, IssueCode::Structure, format!("unknown element '{}' in {}", quote(key), td.name));
     }
 
     /// The value of element `el` (path already at its name), with the `_name` sibling if any.
-    fn element_value(
-        &mut self,
-        value: &'a Value,
-        ext: Option<&'a Value>,
-        el: &ElementDef,
-        ty: TypeRef,
-    ) {
+    fn element_value(&mut self, value: &'a Value, ext: Option<&'a Value>, el: &ElementDef, ty: TypeRef) {
         if !el.many {
             if let Value::Array(_) = value {
                 return self.issue(
                     IssueCode::Structure,
-                    format!(
-                        "'{}' takes a single value (max cardinality 1), not an array",
-                        el.name
-                    ),
+                    format!("'{}' takes a single value (max cardinality 1), not an array", el.name),
                 );
             }
             self.single(value, ty, el);
@@ -397,11 +350,7 @@ impl<'a> Validator<'a> {
         let Value::Array(items) = value else {
             return self.issue(
                 IssueCode::Structure,
-                format!(
-                    "'{}' must be an array (max cardinality *), found {}",
-                    el.name,
-                    value.kind()
-                ),
+                format!("'{}' must be an array (max cardinality *), found {}", el.name, value.kind()),
             );
         };
         if items.is_empty() {
@@ -430,9 +379,7 @@ impl<'a> Validator<'a> {
                 break;
             }
             self.path.push(Seg::Index(i));
-            let item_ext = ext_items
-                .and_then(|e| e.get(i))
-                .filter(|e| !matches!(e, Value::Null));
+            let item_ext = ext_items.and_then(|e| e.get(i)).filter(|e| !matches!(e, Value::Null));
             match item {
                 Value::Null if item_ext.is_some() => {}
                 Value::Null => self.issue(IssueCode::Structure, "null is not allowed here".into()),
@@ -451,10 +398,7 @@ impl<'a> Validator<'a> {
             return self.primitive_extension(value, false);
         }
         let Value::Array(items) = value else {
-            return self.issue(
-                IssueCode::Structure,
-                format!("'_{}' must be an array", el.name),
-            );
+            return self.issue(IssueCode::Structure, format!("'_{}' must be an array", el.name));
         };
         if items.is_empty() {
             return self.issue(IssueCode::Structure, "empty array is not allowed".into());
@@ -474,10 +418,7 @@ impl<'a> Validator<'a> {
         let Value::Object(obj) = value else {
             return self.issue(
                 IssueCode::Structure,
-                format!(
-                    "a primitive's extensions must be an object {{id, extension}}, found {}",
-                    value.kind()
-                ),
+                format!("a primitive's extensions must be an object {{id, extension}}, found {}", value.kind()),
             );
         };
         if obj.is_empty() {
@@ -486,17 +427,11 @@ impl<'a> Validator<'a> {
         let t = self.t;
         let ext_td = &t.types[t.extension];
         for (key, v) in obj.iter() {
-            let Some(target) = (key == "id" || key == "extension")
-                .then(|| ext_td.keys.get(key))
-                .flatten()
-            else {
+            let Some(target) = (key == "id" || key == "extension").then(|| ext_td.keys.get(key)).flatten() else {
                 self.issue_at(
                     key,
                     IssueCode::Structure,
-                    format!(
-                        "unknown element '{}' in a primitive's extensions (allowed: id, extension)",
-                        quote(key)
-                    ),
+                    format!("unknown element '{}' in a primitive's extensions (allowed: id, extension)", quote(key)),
                 );
                 continue;
             };
@@ -506,10 +441,7 @@ impl<'a> Validator<'a> {
             self.path.pop();
         }
         if !has_value && !obj.contains_key("extension") {
-            self.issue(
-                IssueCode::Required,
-                "element has neither a value nor extensions".into(),
-            );
+            self.issue(IssueCode::Required, "element has neither a value nor extensions".into());
         }
     }
 
@@ -531,11 +463,7 @@ impl<'a> Validator<'a> {
                     Err(PrimError::Invalid(allowed)) => {
                         return self.issue(
                             IssueCode::Value,
-                            format!(
-                                "value '{}' is not a valid {} (expected {allowed})",
-                                describe(value),
-                                p.name()
-                            ),
+                            format!("value '{}' is not a valid {} (expected {allowed})", describe(value), p.name()),
                         );
                     }
                 }
@@ -550,11 +478,7 @@ impl<'a> Validator<'a> {
                 let Value::Object(obj) = value else {
                     return self.issue(
                         IssueCode::Structure,
-                        format!(
-                            "{} must be a JSON object, found {}",
-                            self.t.types[tid].name,
-                            value.kind()
-                        ),
+                        format!("{} must be a JSON object, found {}", self.t.types[tid].name, value.kind()),
                     );
                 };
                 self.object(obj, tid, false);
@@ -600,9 +524,7 @@ impl<'a> Validator<'a> {
     }
 
     fn coding(&mut self, obj: &'a Object, vs: &ValueSetDef) {
-        let (Some(Value::String(system)), Some(Value::String(code))) =
-            (obj.get("system"), obj.get("code"))
-        else {
+        let (Some(Value::String(system)), Some(Value::String(code))) = (obj.get("system"), obj.get("code")) else {
             return;
         };
         if let Some(codes) = vs.by_system.get(system.as_str())
@@ -630,12 +552,7 @@ impl<'a> Validator<'a> {
 /// `valueString, valueQuantity, …` for messages about a choice element.
 fn choice_names(td: &TypeDef, el: &ElementDef) -> String {
     let idx = td.elements.iter().position(|e| std::ptr::eq(e, el));
-    let mut names: Vec<&str> = td
-        .keys
-        .iter()
-        .filter(|(_, t)| Some(t.element) == idx)
-        .map(|(k, _)| &**k)
-        .collect();
+    let mut names: Vec<&str> = td.keys.iter().filter(|(_, t)| Some(t.element) == idx).map(|(k, _)| &**k).collect();
     names.sort_unstable();
     format!("{} ({})", el.name, names.join(", "))
 }
@@ -751,20 +668,9 @@ mod tests {
     #[test]
     fn reports_missing_non_string_and_unsupported_resource_type() {
         assert_one(r#"{"id":"x"}"#, IssueCode::Required, "resourceType");
-        assert_one(
-            r#"{"resourceType":7}"#,
-            IssueCode::Structure,
-            "resourceType",
-        );
-        let msg = assert_one(
-            r#"{"resourceType":"Medication"}"#,
-            IssueCode::NotSupported,
-            "resourceType",
-        );
-        assert!(
-            msg.contains("'Medication'") && msg.contains("Patient"),
-            "{msg}"
-        );
+        assert_one(r#"{"resourceType":7}"#, IssueCode::Structure, "resourceType");
+        let msg = assert_one(r#"{"resourceType":"Medication"}"#, IssueCode::NotSupported, "resourceType");
+        assert!(msg.contains("'Medication'") && msg.contains("Patient"), "{msg}");
         assert_eq!(check("[]")[0].code, IssueCode::Structure);
     }
 
@@ -777,11 +683,7 @@ mod tests {
             "Observation.component[1].code.coding[0].sytem",
         );
         assert_eq!(msg, "unknown element 'sytem' in Coding");
-        assert_one(
-            r#"{"resourceType":"Patient","birthdate":"2000-01-01"}"#,
-            IssueCode::Structure,
-            "Patient.birthdate",
-        );
+        assert_one(r#"{"resourceType":"Patient","birthdate":"2000-01-01"}"#, IssueCode::Structure, "Patient.birthdate");
     }
 
     #[test]
@@ -801,26 +703,14 @@ mod tests {
 
     #[test]
     fn rejects_wrong_json_types() {
-        assert_one(
-            r#"{"resourceType":"Patient","active":"true"}"#,
-            IssueCode::Structure,
-            "Patient.active",
-        );
+        assert_one(r#"{"resourceType":"Patient","active":"true"}"#, IssueCode::Structure, "Patient.active");
         assert_one(
             r#"{"resourceType":"Patient","name":[{"family":42}]}"#,
             IssueCode::Structure,
             "Patient.name[0].family",
         );
-        assert_one(
-            r#"{"resourceType":"Patient","gender":{"code":"male"}}"#,
-            IssueCode::Structure,
-            "Patient.gender",
-        );
-        assert_one(
-            r#"{"resourceType":"Patient","maritalStatus":"M"}"#,
-            IssueCode::Structure,
-            "Patient.maritalStatus",
-        );
+        assert_one(r#"{"resourceType":"Patient","gender":{"code":"male"}}"#, IssueCode::Structure, "Patient.gender");
+        assert_one(r#"{"resourceType":"Patient","maritalStatus":"M"}"#, IssueCode::Structure, "Patient.maritalStatus");
         let msg = assert_one(
             r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"valueQuantity":{"value":"12.5"}}"#,
             IssueCode::Structure,
@@ -831,50 +721,22 @@ mod tests {
 
     #[test]
     fn rejects_single_value_where_array_required_and_array_where_single() {
-        assert_one(
-            r#"{"resourceType":"Patient","name":{"family":"A"}}"#,
-            IssueCode::Structure,
-            "Patient.name",
-        );
-        assert_one(
-            r#"{"resourceType":"Patient","gender":["male"]}"#,
-            IssueCode::Structure,
-            "Patient.gender",
-        );
+        assert_one(r#"{"resourceType":"Patient","name":{"family":"A"}}"#, IssueCode::Structure, "Patient.name");
+        assert_one(r#"{"resourceType":"Patient","gender":["male"]}"#, IssueCode::Structure, "Patient.gender");
     }
 
     #[test]
     fn rejects_empty_arrays_objects_strings_and_nulls() {
-        assert_one(
-            r#"{"resourceType":"Patient","name":[]}"#,
-            IssueCode::Structure,
-            "Patient.name",
-        );
-        assert_one(
-            r#"{"resourceType":"Patient","maritalStatus":{}}"#,
-            IssueCode::Structure,
-            "Patient.maritalStatus",
-        );
-        assert_one(
-            r#"{"resourceType":"Patient","name":[{"family":""}]}"#,
-            IssueCode::Value,
-            "Patient.name[0].family",
-        );
+        assert_one(r#"{"resourceType":"Patient","name":[]}"#, IssueCode::Structure, "Patient.name");
+        assert_one(r#"{"resourceType":"Patient","maritalStatus":{}}"#, IssueCode::Structure, "Patient.maritalStatus");
+        assert_one(r#"{"resourceType":"Patient","name":[{"family":""}]}"#, IssueCode::Value, "Patient.name[0].family");
         assert_one(
             r#"{"resourceType":"Patient","name":[{"family":"   "}]}"#,
             IssueCode::Value,
             "Patient.name[0].family",
         );
-        assert_one(
-            r#"{"resourceType":"Patient","gender":null}"#,
-            IssueCode::Structure,
-            "Patient.gender",
-        );
-        assert_one(
-            r#"{"resourceType":"Patient","name":[null]}"#,
-            IssueCode::Structure,
-            "Patient.name[0]",
-        );
+        assert_one(r#"{"resourceType":"Patient","gender":null}"#, IssueCode::Structure, "Patient.gender");
+        assert_one(r#"{"resourceType":"Patient","name":[null]}"#, IssueCode::Structure, "Patient.name[0]");
         assert_one(
             r#"{"resourceType":"Patient","name":[{"given":["A",null]}]}"#,
             IssueCode::Structure,
@@ -897,11 +759,7 @@ mod tests {
             IssueCode::Structure,
             "Patient.birthDate.foo",
         );
-        assert_one(
-            r#"{"resourceType":"Patient","_birthDate":{"id":"a"}}"#,
-            IssueCode::Required,
-            "Patient.birthDate",
-        );
+        assert_one(r#"{"resourceType":"Patient","_birthDate":{"id":"a"}}"#, IssueCode::Required, "Patient.birthDate");
         assert_one(
             r#"{"resourceType":"Patient","_birthDate":{"extension":[{"valueCode":"unknown"}]}}"#,
             IssueCode::Required,
@@ -967,35 +825,21 @@ mod tests {
 
     #[test]
     fn checks_primitive_formats_with_paths() {
-        let msg = assert_one(
-            r#"{"resourceType":"Patient","birthDate":"2024-02-30"}"#,
-            IssueCode::Value,
-            "Patient.birthDate",
-        );
-        assert!(
-            msg.starts_with("value '2024-02-30' is not a valid date"),
-            "{msg}"
-        );
+        let msg =
+            assert_one(r#"{"resourceType":"Patient","birthDate":"2024-02-30"}"#, IssueCode::Value, "Patient.birthDate");
+        assert!(msg.starts_with("value '2024-02-30' is not a valid date"), "{msg}");
         assert_one(
             r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"effectiveDateTime":"2024-03-01T10:00"}"#,
             IssueCode::Value,
             "Observation.effectiveDateTime",
         );
-        assert_one(
-            r#"{"resourceType":"Patient","id":"has space"}"#,
-            IssueCode::Value,
-            "Patient.id",
-        );
+        assert_one(r#"{"resourceType":"Patient","id":"has space"}"#, IssueCode::Value, "Patient.id");
         assert_one(
             r#"{"resourceType":"Patient","multipleBirthInteger":1.5}"#,
             IssueCode::Value,
             "Patient.multipleBirthInteger",
         );
-        assert_one(
-            r#"{"resourceType":"Patient","telecom":[{"rank":0}]}"#,
-            IssueCode::Value,
-            "Patient.telecom[0].rank",
-        );
+        assert_one(r#"{"resourceType":"Patient","telecom":[{"rank":0}]}"#, IssueCode::Value, "Patient.telecom[0].rank");
         assert_one(
             r#"{"resourceType":"Patient","photo":[{"data":"not base64!"}]}"#,
             IssueCode::Value,
@@ -1023,11 +867,7 @@ mod tests {
         let value = crate::json::parse(OBSERVATION.as_bytes()).expect("JSON");
         assert!(validate(&value).is_empty());
         assert_eq!(
-            value
-                .get("valueQuantity")
-                .and_then(|q| q.get("value"))
-                .map(|v| v.to_json())
-                .as_deref(),
+            value.get("valueQuantity").and_then(|q| q.get("value")).map(|v| v.to_json()).as_deref(),
             Some("12.50")
         );
     }
@@ -1044,11 +884,7 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("preliminary"), "{msg}");
-        assert_one(
-            r#"{"resourceType":"Patient","gender":"M"}"#,
-            IssueCode::CodeInvalid,
-            "Patient.gender",
-        );
+        assert_one(r#"{"resourceType":"Patient","gender":"M"}"#, IssueCode::CodeInvalid, "Patient.gender");
         assert_one(
             r#"{"resourceType":"Patient","name":[{"use":"nick"}]}"#,
             IssueCode::CodeInvalid,
@@ -1070,22 +906,15 @@ mod tests {
                    "Extension":[["id",0,"1",["string"],null],["extension",0,"*",["Extension"],null],["url",1,"1",["uri"],null]]},
           "valueSets":{"http://x/vs":{"http://x/cs":["a","b"]}}}"#;
         let tables: &'static Tables = Box::leak(Box::new(Tables::load(MINI).expect("mini table")));
-        let run =
-            |json: &str| validate_with(tables, &crate::json::parse(json.as_bytes()).expect("JSON"));
+        let run = |json: &str| validate_with(tables, &crate::json::parse(json.as_bytes()).expect("JSON"));
         assert!(run(r#"{"resourceType":"Thing","kind":{"coding":[{"system":"http://other","code":"zz"},{"system":"http://x/cs","code":"a"}]}}"#).is_empty());
         let issues = run(
             r#"{"resourceType":"Thing","kind":{"coding":[{"system":"http://x/cs","code":"a"},{"system":"http://x/cs","code":"c"}]},"c":[{"system":"http://x/cs","code":"z"}]}"#,
         );
-        let got: Vec<(IssueCode, &str)> = issues
-            .iter()
-            .map(|i| (i.code, i.expression.as_str()))
-            .collect();
+        let got: Vec<(IssueCode, &str)> = issues.iter().map(|i| (i.code, i.expression.as_str())).collect();
         assert_eq!(
             got,
-            [
-                (IssueCode::CodeInvalid, "Thing.kind.coding[1].code"),
-                (IssueCode::CodeInvalid, "Thing.c[0].code")
-            ]
+            [(IssueCode::CodeInvalid, "Thing.kind.coding[1].code"), (IssueCode::CodeInvalid, "Thing.c[0].code")]
         );
     }
 
@@ -1169,10 +998,7 @@ mod tests {
         let issues = validate(&Value::Object(params));
         assert_eq!(issues.len(), 1, "{:?}", issues.first().map(|i| &i.message));
         assert!(issues[0].message.contains("nested deeper"));
-        let many = format!(
-            r#"{{"resourceType":"Patient","name":[{}]}}"#,
-            vec!["1"; 5000].join(",")
-        );
+        let many = format!(r#"{{"resourceType":"Patient","name":[{}]}}"#, vec!["1"; 5000].join(","));
         let issues = check(&many);
         assert_eq!(issues.len(), MAX_ISSUES + 1);
         assert_eq!(issues[MAX_ISSUES].severity, Severity::Warning);
@@ -1190,14 +1016,7 @@ mod tests {
 
     #[test]
     fn knows_the_table_resource_types() {
-        for name in [
-            "Patient",
-            "Observation",
-            "Bundle",
-            "Parameters",
-            "CapabilityStatement",
-            "Subscription",
-        ] {
+        for name in ["Patient", "Observation", "Bundle", "Parameters", "CapabilityStatement", "Subscription"] {
             assert!(is_known_resource_type(name), "{name}");
         }
         assert!(!is_known_resource_type("Medication"));

@@ -103,20 +103,14 @@ impl Prim {
         match self {
             Prim::Boolean => match v {
                 Value::Bool(_) => Ok(()),
-                _ => Err(PrimError::JsonType {
-                    expected: "a JSON boolean",
-                }),
+                _ => Err(PrimError::JsonType { expected: "a JSON boolean" }),
             },
             Prim::Integer | Prim::PositiveInt | Prim::UnsignedInt => {
                 let Value::Number(n) = v else {
-                    return Err(PrimError::JsonType {
-                        expected: "a JSON number",
-                    });
+                    return Err(PrimError::JsonType { expected: "a JSON number" });
                 };
                 if !n.is_integer() {
-                    return Err(PrimError::Invalid(
-                        "a whole number without fraction or exponent",
-                    ));
+                    return Err(PrimError::Invalid("a whole number without fraction or exponent"));
                 }
                 let Some(i) = n.as_i64().filter(|i| i32::try_from(*i).is_ok()) else {
                     return Err(PrimError::Invalid("a 32-bit integer"));
@@ -130,15 +124,11 @@ impl Prim {
             // The parser only accepts JSON number syntax, which is exactly R4's decimal grammar.
             Prim::Decimal => match v {
                 Value::Number(_) => Ok(()),
-                _ => Err(PrimError::JsonType {
-                    expected: "a JSON number",
-                }),
+                _ => Err(PrimError::JsonType { expected: "a JSON number" }),
             },
             _ => {
                 let Value::String(s) = v else {
-                    return Err(PrimError::JsonType {
-                        expected: "a JSON string",
-                    });
+                    return Err(PrimError::JsonType { expected: "a JSON string" });
                 };
                 self.check_text(s)
             }
@@ -161,11 +151,7 @@ impl Prim {
                 true
             }
             Prim::Code => is_code(s),
-            Prim::Id => {
-                s.len() <= 64
-                    && s.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-            }
+            Prim::Id => s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'),
             Prim::Uri | Prim::Url | Prim::Canonical => !s.chars().any(char::is_whitespace),
             Prim::Oid => is_oid(s),
             Prim::Uuid => is_uuid(s),
@@ -175,17 +161,9 @@ impl Prim {
             Prim::Date => is_date(s),
             Prim::Time => is_time(s.as_bytes()),
             Prim::Xhtml => is_xhtml_div(s),
-            Prim::Boolean
-            | Prim::Integer
-            | Prim::PositiveInt
-            | Prim::UnsignedInt
-            | Prim::Decimal => true,
+            Prim::Boolean | Prim::Integer | Prim::PositiveInt | Prim::UnsignedInt | Prim::Decimal => true,
         };
-        if ok {
-            Ok(())
-        } else {
-            Err(Invalid(self.grammar()))
-        }
+        if ok { Ok(()) } else { Err(Invalid(self.grammar())) }
     }
 
     /// What a valid value looks like, for messages.
@@ -209,10 +187,7 @@ impl Prim {
 
 /// `[^\s]+( [^\s]+)*`
 fn is_code(s: &str) -> bool {
-    !s.starts_with(' ')
-        && !s.ends_with(' ')
-        && !s.contains("  ")
-        && !s.chars().any(|c| c.is_whitespace() && c != ' ')
+    !s.starts_with(' ') && !s.ends_with(' ') && !s.contains("  ") && !s.chars().any(|c| c.is_whitespace() && c != ' ')
 }
 
 /// `urn:oid:[0-2](\.(0|[1-9][0-9]*))+`
@@ -259,9 +234,7 @@ fn is_base64(s: &str) -> bool {
     if pad > 2 {
         return false;
     }
-    b[..b.len() - pad]
-        .iter()
-        .all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+    b[..b.len() - pad].iter().all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
 }
 
 fn is_xhtml_div(s: &str) -> bool {
@@ -273,8 +246,7 @@ fn is_xhtml_div(s: &str) -> bool {
     }
     let tag_end = rest.find('>').unwrap_or(rest.len());
     let tag = &rest[..tag_end];
-    (tag.contains("xmlns=\"http://www.w3.org/1999/xhtml\"")
-        || tag.contains("xmlns='http://www.w3.org/1999/xhtml'"))
+    (tag.contains("xmlns=\"http://www.w3.org/1999/xhtml\"") || tag.contains("xmlns='http://www.w3.org/1999/xhtml'"))
         && s.trim_end().ends_with('>')
 }
 
@@ -298,9 +270,7 @@ fn expect(b: &[u8], pos: &mut usize, c: u8) -> Option<()> {
 
 fn days_in_month(year: u32, month: u32) -> u32 {
     match month {
-        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => {
-            29
-        }
+        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => 29,
         2 => 28,
         4 | 6 | 9 | 11 => 30,
         _ => 31,
@@ -364,11 +334,9 @@ fn is_zone(b: &[u8]) -> bool {
         [b'Z'] => true,
         [b'+' | b'-', rest @ ..] => {
             let mut pos = 0;
-            let (Some(h), Some(()), Some(m)) = (
-                digits(rest, &mut pos, 2),
-                expect(rest, &mut pos, b':'),
-                digits(rest, &mut pos, 2),
-            ) else {
+            let (Some(h), Some(()), Some(m)) =
+                (digits(rest, &mut pos, 2), expect(rest, &mut pos, b':'), digits(rest, &mut pos, 2))
+            else {
                 return false;
             };
             pos == rest.len() && m <= 59 && (h <= 13 || (h == 14 && m == 0))
@@ -418,14 +386,7 @@ mod tests {
 
     #[test]
     fn dates_follow_the_calendar() {
-        for ok in [
-            "2024",
-            "2024-02",
-            "2024-02-29",
-            "2000-02-29",
-            "0001-01-01",
-            "1999-12-31",
-        ] {
+        for ok in ["2024", "2024-02", "2024-02-29", "2000-02-29", "0001-01-01", "1999-12-31"] {
             assert_eq!(Prim::Date.check(&s(ok)), Ok(()), "{ok}");
         }
         for bad in [
@@ -473,16 +434,8 @@ mod tests {
 
     #[test]
     fn instants_are_full_timestamps() {
-        assert_eq!(
-            Prim::Instant.check(&s("2015-02-07T13:28:17.239+02:00")),
-            Ok(())
-        );
-        for bad in [
-            "2015-02-07",
-            "2015-02-07T13:28:17",
-            "2015-02-07T13:28Z",
-            "2015-02-30T13:28:17Z",
-        ] {
+        assert_eq!(Prim::Instant.check(&s("2015-02-07T13:28:17.239+02:00")), Ok(()));
+        for bad in ["2015-02-07", "2015-02-07T13:28:17", "2015-02-07T13:28Z", "2015-02-30T13:28:17Z"] {
             assert!(Prim::Instant.check(&s(bad)).is_err(), "{bad}");
         }
     }
@@ -507,12 +460,7 @@ mod tests {
         assert_eq!(Prim::UnsignedInt.check(&n("0")), Ok(()));
         assert!(Prim::UnsignedInt.check(&n("-1")).is_err());
         assert_eq!(Prim::Decimal.check(&n("12.50")), Ok(()));
-        assert_eq!(
-            Prim::Decimal.check(&s("12.50")),
-            Err(PrimError::JsonType {
-                expected: "a JSON number"
-            })
-        );
+        assert_eq!(Prim::Decimal.check(&s("12.50")), Err(PrimError::JsonType { expected: "a JSON number" }));
         assert!(Prim::Boolean.check(&s("true")).is_err());
     }
 
@@ -533,34 +481,21 @@ mod tests {
             (Prim::Oid, "urn:oid:1.02", false),
             (Prim::Oid, "urn:oid:3.1", false),
             (Prim::Oid, "urn:oid:1", false),
-            (
-                Prim::Uuid,
-                "urn:uuid:c757873d-ec9a-4326-a141-556f43239520",
-                true,
-            ),
-            (
-                Prim::Uuid,
-                "urn:uuid:C757873D-EC9A-4326-A141-556F43239520",
-                false,
-            ),
+            (Prim::Uuid, "urn:uuid:c757873d-ec9a-4326-a141-556f43239520", true),
+            (Prim::Uuid, "urn:uuid:C757873D-EC9A-4326-A141-556F43239520", false),
             (Prim::Uuid, "c757873d-ec9a-4326-a141-556f43239520", false),
             (Prim::Base64Binary, "aGVsbG8=", true),
             (Prim::Base64Binary, "aGVsbG8", false),
-            (Prim::Base64Binary, "aGVs bG8=", false),
+            (Prim::Base64Binary, "aGVs bG8=", true),
+            (Prim::Base64Binary, "aGVs\r\nbG8=", true),
+            (Prim::Base64Binary, "aGV bG8=", false),
+            (Prim::Base64Binary, " ", false),
             (Prim::Base64Binary, "a===", false),
             (Prim::String, " ", false),
             (Prim::String, " x ", true),
-            (
-                Prim::Xhtml,
-                "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>",
-                true,
-            ),
+            (Prim::Xhtml, "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>", true),
             (Prim::Xhtml, "<div>x</div>", false),
-            (
-                Prim::Xhtml,
-                "<p xmlns=\"http://www.w3.org/1999/xhtml\">x</p>",
-                false,
-            ),
+            (Prim::Xhtml, "<p xmlns=\"http://www.w3.org/1999/xhtml\">x</p>", false),
         ];
         for (p, text, ok) in cases {
             assert_eq!(p.check(&s(text)).is_ok(), *ok, "{p:?} {text:?}");

@@ -11,9 +11,8 @@ use serde::Deserialize;
 use super::primitives::Prim;
 
 /// The tables, parsed on first use.
-pub(super) static TABLES: LazyLock<Tables> = LazyLock::new(|| {
-    Tables::load(include_str!("r4.json")).unwrap_or_else(|e| panic!("embedded r4.json: {e}"))
-});
+pub(super) static TABLES: LazyLock<Tables> =
+    LazyLock::new(|| Tables::load(include_str!("r4.json")).unwrap_or_else(|e| panic!("embedded r4.json: {e}")));
 
 /// FNV-1a: the keys are short element names, where SipHash's setup dominates.
 #[derive(Default)]
@@ -24,11 +23,7 @@ impl Hasher for Fnv {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
         for &b in bytes {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0100_0000_01b3);
@@ -107,13 +102,7 @@ struct RawTable<'a> {
 
 /// `[name, min, max, [type, ...], binding]`
 #[derive(Deserialize)]
-struct RawElement<'a>(
-    &'a str,
-    u32,
-    &'a str,
-    #[serde(borrow)] Vec<&'a str>,
-    #[serde(borrow)] Option<&'a str>,
-);
+struct RawElement<'a>(&'a str, u32, &'a str, #[serde(borrow)] Vec<&'a str>, #[serde(borrow)] Option<&'a str>);
 
 impl Tables {
     pub(super) fn load(text: &'static str) -> Result<Tables, String> {
@@ -133,27 +122,15 @@ impl Tables {
                 shown.push("…");
             }
             vs_index.insert(*canonical, value_sets.len());
-            value_sets.push(ValueSetDef {
-                canonical,
-                codes,
-                by_system,
-                allowed: shown.join(", "),
-            });
+            value_sets.push(ValueSetDef { canonical, codes, by_system, allowed: shown.join(", ") });
         }
 
-        let type_ids: HashMap<&str, TypeId> = raw
-            .types
-            .keys()
-            .enumerate()
-            .map(|(i, name)| (*name, i))
-            .collect();
+        let type_ids: HashMap<&str, TypeId> = raw.types.keys().enumerate().map(|(i, name)| (*name, i)).collect();
         let mut types = Vec::with_capacity(raw.types.len());
         for (name, raw_elements) in &raw.types {
             let mut elements = Vec::with_capacity(raw_elements.len());
             let mut keys = FastMap::default();
-            for (idx, RawElement(el_name, min, max, type_names, binding)) in
-                raw_elements.iter().enumerate()
-            {
+            for (idx, RawElement(el_name, min, max, type_names, binding)) in raw_elements.iter().enumerate() {
                 let mut refs = Vec::with_capacity(type_names.len());
                 for type_name in type_names {
                     let r = if let Some(p) = Prim::from_name(type_name) {
@@ -161,9 +138,7 @@ impl Tables {
                     } else if *type_name == "Resource" {
                         TypeRef::Resource
                     } else {
-                        let id = type_ids
-                            .get(type_name)
-                            .ok_or(format!("unknown type {type_name}"))?;
+                        let id = type_ids.get(type_name).ok_or(format!("unknown type {type_name}"))?;
                         TypeRef::Complex(*id)
                     };
                     refs.push(r);
@@ -173,65 +148,29 @@ impl Tables {
                         let mut chars = type_name.chars();
                         let first = chars.next().ok_or("empty type name")?;
                         let key = format!("{base}{}{}", first.to_ascii_uppercase(), chars.as_str());
-                        keys.insert(
-                            key.into_boxed_str(),
-                            KeyTarget {
-                                element: idx,
-                                choice,
-                            },
-                        );
+                        keys.insert(key.into_boxed_str(), KeyTarget { element: idx, choice });
                     }
                 } else {
-                    keys.insert(
-                        (*el_name).into(),
-                        KeyTarget {
-                            element: idx,
-                            choice: 0,
-                        },
-                    );
+                    keys.insert((*el_name).into(), KeyTarget { element: idx, choice: 0 });
                 }
                 let binding = match binding {
                     Some(b) => Some(*vs_index.get(b).ok_or(format!("unknown value set {b}"))?),
                     None => None,
                 };
-                elements.push(ElementDef {
-                    name: el_name,
-                    min: *min,
-                    many: *max == "*",
-                    types: refs,
-                    binding,
-                });
+                elements.push(ElementDef { name: el_name, min: *min, many: *max == "*", types: refs, binding });
             }
             if elements.len() > super::MAX_ELEMENTS {
-                return Err(format!(
-                    "{name} has more than {} elements",
-                    super::MAX_ELEMENTS
-                ));
+                return Err(format!("{name} has more than {} elements", super::MAX_ELEMENTS));
             }
-            let required = (0..elements.len())
-                .filter(|&i| elements[i].min > 0)
-                .collect();
-            types.push(TypeDef {
-                name,
-                elements,
-                keys,
-                required,
-            });
+            let required = (0..elements.len()).filter(|&i| elements[i].min > 0).collect();
+            types.push(TypeDef { name, elements, keys, required });
         }
 
         let mut resources = FastMap::default();
         for r in &raw.resources {
-            resources.insert(
-                *r,
-                *type_ids.get(r).ok_or(format!("no type for resource {r}"))?,
-            );
+            resources.insert(*r, *type_ids.get(r).ok_or(format!("no type for resource {r}"))?);
         }
         let extension = *type_ids.get("Extension").ok_or("no Extension type")?;
-        Ok(Tables {
-            types,
-            resources,
-            value_sets,
-            extension,
-        })
+        Ok(Tables { types, resources, value_sets, extension })
     }
 }

@@ -1,0 +1,273 @@
+#!/usr/bin/env bash
+# Benchmarks nara-gateway over HTTP with wrk, from a clean checkout:
+#
+#   bench/run.sh           small (2,000 Observations / 200 patients) and
+#                          large (100,000 Observations / 1,000 patients) scenarios
+#   bench/run.sh --quick   the small scenario only
+#
+# Per scenario: a release build on a fresh temporary SQLite file (port 0),
+# seeded by bench/seed.py, then wrk (16 connections, 2 threads,
+# BENCH_DURATION seconds, default 15) for read by id, search by
+# subject+category and create. Prints Markdown tables and writes
+# bench-results/latest.json. Exits non-zero when any request failed.
+#
+# Environment: BENCH_DURATION (seconds per test), BENCH_TOKEN (sent as
+# `Authorization: Bearer …`), BENCH_SEED, BENCH_CATEGORY (search.lua);
+# NARA_* variables reach the gateway (e.g. NARA_DATABASE__SQLITE_SYNCHRONOUS).
+set -euo pipefail
+
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+
+quick=0
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=1 ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "run.sh: unknown argument \`$arg\`" >&2; usage >&2; exit 2 ;;
+  esac
+done
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bench="$root/bench"
+duration=${BENCH_DURATION:-15}
+seed=${BENCH_SEED:-20240901}
+connections=16
+threads=2
+results="$root/bench-results"
+
+log() { printf '\n== %s\n' "$*" >&2; }
+die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
+
+# --- tools ------------------------------------------------------------------
+if ! command -v wrk >/dev/null; then
+  log "installing wrk"
+  sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  $sudo apt-get install -y wrk || { $sudo apt-get update && $sudo apt-get install -y wrk; }
+fi
+for tool in python3 curl cargo; do
+  command -v "$tool" >/dev/null || die "needs $tool"
+done
+
+log "cargo build --release"
+(cd "$root" && cargo build --release)
+bin="$root/target/release/nara-gateway"
+[[ -x "$bin" ]] || die "no binary at $bin"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/nara-bench.XXXXXX")
+mkdir -p "$results"
+gw_pid=""
+
+stop_gateway() {
+  if [[ -n "$gw_pid" ]] && kill -0 "$gw_pid" 2>/dev/null; then
+    kill -TERM "$gw_pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$gw_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$gw_pid" 2>/dev/null || true
+    wait "$gw_pid" 2>/dev/null || true
+  fi
+  gw_pid=""
+  exec 3<&- 2>/dev/null || true
+}
+cleanup() {
+  stop_gateway
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+now_us() { local t=${EPOCHREALTIME/[.,]/}; echo "$t"; }
+
+# start_gateway DB_FILE NAME: starts `serve` on a free port; sets gw_pid,
+# gw_addr, listen_ms (spawn → `listening on` line) and ready_ms (spawn →
+# first 200 from /health/ready).
+start_gateway() {
+  local db=$1 name=$2 fifo="$work/$2.stdout" line t0 t1 t2 code
+  rm -f "$fifo"
+  mkfifo "$fifo"
+  t0=$(now_us)
+  NARA_SERVER__LISTEN=127.0.0.1:0 NARA_DATABASE__URL="sqlite://$db" \
+    "$bin" serve >"$fifo" 2>"$work/$name.log" &
+  gw_pid=$!
+  exec 3<"$fifo"
+  if ! IFS= read -r -t 120 line <&3; then
+    cat "$work/$name.log" >&2
+    die "gateway ($name) printed no listening line"
+  fi
+  t1=$(now_us)
+  [[ $line =~ ^listening\ on\ http://([0-9.:]+)$ ]] || die "unexpected first line: $line"
+  gw_addr=${BASH_REMATCH[1]}
+  for _ in $(seq 2000); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://$gw_addr/health/ready" || true)
+    [[ $code == 200 ]] && break
+    sleep 0.005
+  done
+  [[ $code == 200 ]] || die "gateway ($name) not ready: /health/ready answered $code"
+  t2=$(now_us)
+  listen_ms=$(((t1 - t0) / 1000))
+  ready_ms=$(((t2 - t0) / 1000))
+  log "gateway ($name) pid $gw_pid at http://$gw_addr: listening after ${listen_ms} ms, ready after ${ready_ms} ms"
+}
+
+status_kb() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$gw_pid/status"; }
+
+failed=0
+
+# run_wrk SCENARIO TEST SCRIPT IDS
+run_wrk() {
+  local scenario=$1 test=$2 script=$3 ids=$4 out="$work/$1-$2.wrk" rc=0
+  log "$scenario: $test (wrk -t$threads -c$connections -d${duration}s)"
+  BENCH_DIR="$bench" wrk -t"$threads" -c"$connections" -d"${duration}s" --latency \
+    -s "$bench/$script" "http://$gw_addr" -- "$ids" >"$out" 2>"$out.err" || rc=$?
+  grep -v '^BENCH_RESULT ' "$out" >&2 || true
+  cat "$out.err" >&2
+  if ! grep -q '^BENCH_RESULT ' "$out"; then
+    printf '{"test":"%s","failed":true,"wrk_exit":%d}\n' "$test" "$rc" >>"$work/$scenario.tests"
+  else
+    sed -n 's/^BENCH_RESULT {/{"test":"'"$test"'","wrk_exit":'"$rc"',/p' "$out" >>"$work/$scenario.tests"
+  fi
+  if [[ $rc -ne 0 ]]; then
+    failed=1
+    echo "!! $scenario/$test FAILED (wrk exit $rc): see above" >&2
+  fi
+  if ! kill -0 "$gw_pid" 2>/dev/null; then
+    tail -50 "$work/$scenario.log" >&2
+    die "the gateway died during $scenario/$test"
+  fi
+}
+
+# scenario NAME PATIENTS OBS_PER_PATIENT
+scenario() {
+  local name=$1 patients=$2 per=$3 db="$work/$1.db" ids="$work/$1-ids.txt" t0 t1
+  start_gateway "$db" "$name"
+  local cold_listen=$listen_ms cold_ready=$ready_ms
+  log "$name: seeding $patients patients x $per Observations"
+  t0=$(now_us)
+  python3 "$bench/seed.py" --base "http://$gw_addr/fhir" --patients "$patients" \
+    --observations-per-patient "$per" --seed "$seed" --ids-out "$ids" >&2 ||
+    die "seeding failed (see above)"
+  t1=$(now_us)
+  local seed_s rss_after_seed
+  seed_s=$(awk -v d=$((t1 - t0)) 'BEGIN { printf "%.1f", d / 1e6 }')
+  rss_after_seed=$(status_kb VmRSS)
+  : >"$work/$name.tests"
+  run_wrk "$name" read read.lua "$ids"
+  run_wrk "$name" search search.lua "$ids"
+  run_wrk "$name" create create.lua "$ids"
+  local hwm rss
+  hwm=$(status_kb VmHWM)
+  rss=$(status_kb VmRSS)
+  stop_gateway
+  local db_kb
+  db_kb=$(du -sk "$db" "$db-wal" 2>/dev/null | awk '{ s += $1 } END { print s + 0 }')
+  # With a filled store: restart on the same file.
+  start_gateway "$db" "$name-restart"
+  local warm_listen=$listen_ms warm_ready=$ready_ms warm_rss
+  warm_rss=$(status_kb VmRSS)
+  stop_gateway
+  cat >"$work/$name.meta" <<EOF
+{"scenario":"$name","patients":$patients,"observations_per_patient":$per,
+ "observations":$((patients * per)),"seed_seconds":$seed_s,
+ "peak_rss_kb":$hwm,"rss_end_kb":$rss,"rss_after_seed_kb":$rss_after_seed,
+ "db_kb":$db_kb,
+ "startup_empty_listen_ms":$cold_listen,"startup_empty_ready_ms":$cold_ready,
+ "restart_filled_listen_ms":$warm_listen,"restart_filled_ready_ms":$warm_ready,
+ "restart_filled_rss_kb":$warm_rss}
+EOF
+}
+
+# git commit without running git: read .git/HEAD and the ref it names.
+commit="unknown"
+if [[ -f "$root/.git/HEAD" ]]; then
+  head=$(<"$root/.git/HEAD")
+  if [[ $head == ref:\ * ]]; then
+    ref=${head#ref: }
+    if [[ -f "$root/.git/$ref" ]]; then
+      commit=$(<"$root/.git/$ref")
+    elif [[ -f "$root/.git/packed-refs" ]]; then
+      commit=$(awk -v r="$ref" '$2 == r { print $1 }' "$root/.git/packed-refs")
+    fi
+  else
+    commit=$head
+  fi
+fi
+
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+scenario small 200 10
+[[ $quick -eq 1 ]] || scenario large 1000 100
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+
+export BENCH_WORK="$work" BENCH_STARTED="$started" BENCH_COMMIT="$commit" \
+  BENCH_LOAD_BEFORE="$load_before" BENCH_LOAD_AFTER="$load_after" \
+  BENCH_CONNECTIONS="$connections" BENCH_THREADS="$threads" BENCH_SECONDS="$duration" \
+  BENCH_OUT="$results/latest.json" BENCH_SEED="$seed"
+python3 - <<'PY'
+import json, os, platform, subprocess
+
+env = os.environ
+work = env["BENCH_WORK"]
+cpu = "unknown"
+with open("/proc/cpuinfo") as f:
+    for line in f:
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+scenarios = []
+for name in ("small", "large"):
+    meta = os.path.join(work, f"{name}.meta")
+    if not os.path.exists(meta):
+        continue
+    with open(meta) as f:
+        s = json.load(f)
+    with open(os.path.join(work, f"{name}.tests")) as f:
+        s["tests"] = [json.loads(line) for line in f if line.strip()]
+    scenarios.append(s)
+doc = {
+    "date": env["BENCH_STARTED"],
+    "commit": env["BENCH_COMMIT"],
+    "cpu_model": cpu,
+    "nproc": os.cpu_count(),
+    "kernel": platform.release(),
+    "load_avg_before": env["BENCH_LOAD_BEFORE"],
+    "load_avg_after": env["BENCH_LOAD_AFTER"],
+    "wrk": {"connections": int(env["BENCH_CONNECTIONS"]), "threads": int(env["BENCH_THREADS"]),
+            "seconds_per_test": int(env["BENCH_SECONDS"])},
+    "seed": int(env["BENCH_SEED"]),
+    "sqlite_synchronous": env.get("NARA_DATABASE__SQLITE_SYNCHRONOUS", "full"),
+    "scenarios": scenarios,
+}
+with open(env["BENCH_OUT"], "w") as f:
+    json.dump(doc, f, indent=2)
+    f.write("\n")
+
+print(f"\n## nara-gateway benchmark, {doc['date']}\n")
+print(f"commit {doc['commit'][:12]}, {cpu}, nproc {doc['nproc']}, "
+      f"load average {doc['load_avg_before']} (before) / {doc['load_avg_after']} (after), "
+      f"wrk -t{doc['wrk']['threads']} -c{doc['wrk']['connections']} -d{doc['wrk']['seconds_per_test']}s, "
+      f"sqlite synchronous={doc['sqlite_synchronous']}")
+labels = {"read": "read by id", "search": "search subject+category", "create": "create"}
+for s in scenarios:
+    print(f"\n### {s['scenario']}: {s['observations']:,} Observations across {s['patients']:,} patients "
+          f"(seeded in {s['seed_seconds']} s)\n")
+    print("| test | requests/s | p50 ms | p99 ms | errors |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for t in s["tests"]:
+        if t.get("failed"):
+            print(f"| {labels[t['test']]} | FAILED (wrk exit {t['wrk_exit']}) | | | |")
+            continue
+        errors = t["non2xx"] + t["socket_errors"]
+        print(f"| {labels[t['test']]} | {t['rps']:,.0f} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} | {errors} |")
+    print(f"\npeak RSS (VmHWM): {s['peak_rss_kb'] / 1024:.1f} MB; "
+          f"start-up on an empty store: {s['startup_empty_listen_ms']} ms to `listening on`, "
+          f"{s['startup_empty_ready_ms']} ms to ready; "
+          f"restart on the filled store ({s['db_kb'] / 1024:.0f} MB): {s['restart_filled_listen_ms']} ms "
+          f"to `listening on`, {s['restart_filled_ready_ms']} ms to ready")
+    for t in s["tests"]:
+        if t.get("first_error"):
+            print(f"\n{s['scenario']}/{t['test']}: first non-2xx answer: {t['first_error']}")
+print(f"\nwritten: {env['BENCH_OUT']}")
+PY
+
+if [[ $failed -ne 0 ]]; then
+  echo "run.sh: some tests had failed requests; the numbers above are not valid" >&2
+  exit 1
+fi

@@ -1,0 +1,308 @@
+#!/usr/bin/env python3
+"""Seeds a running nara-gateway with a deterministic, realistic data set.
+
+Patients (Luhn-valid personnummer, born 1920-1950) and their Observations
+(mostly `survey`, some `vital-signs`; P-ADL assessments with ICF-coded
+components and Swedish text; decimals such as 12.50; effectiveDateTime with
++01:00) are POSTed as transaction Bundles of a few hundred entries, the
+Observations referring to their Patient by `urn:uuid:`. The same --seed
+always gives the same resources (the server assigns the ids).
+
+Writes an id file for the wrk scripts: one `Patient/ID` or `Observation/ID`
+per line.
+
+Python 3.11, standard library only. Set BENCH_TOKEN to send
+`Authorization: Bearer $BENCH_TOKEN` with every request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import http.client
+import json
+import os
+import random
+import re
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from urllib.parse import urlsplit
+
+PERSONNUMMER = "http://electronichealth.se/identifier/personnummer"
+OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+ICF = "http://hl7.org/fhir/sid/icf"
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+# Synthetic local code system for municipal care assessments (not a real registry).
+ASSESSMENT = "https://nara-gateway.example/fhir/CodeSystem/bedomning"
+
+GIVEN_F = ["Anna", "Maria", "Karin", "Kerstin", "Ingrid", "Birgitta", "Margareta", "Elsa", "Astrid", "Gunnel"]
+GIVEN_M = ["Erik", "Lars", "Karl", "Nils", "Gunnar", "Sven", "Olof", "Bengt", "Åke", "Göran"]
+FAMILY = ["Andersson", "Johansson", "Karlsson", "Nilsson", "Eriksson", "Larsson", "Olsson", "Persson",
+          "Svensson", "Gustafsson", "Pettersson", "Lindström", "Åberg", "Sjögren", "Öberg"]
+
+PADL_ITEMS = [
+    ("d510", "Tvätta sig"),
+    ("d540", "Klä sig"),
+    ("d420", "Förflytta sig"),
+    ("d530", "Sköta toalettbehov"),
+    ("d550", "Äta"),
+]
+PADL_ANSWERS = [
+    "Klarar själv",
+    "Klarar själv med hjälpmedel",
+    "Behöver viss hjälp",
+    "Behöver mycket hjälp",
+    "Klarar inte alls",
+]
+# (LOINC code, display, UCUM unit, low, high, decimals)
+VITALS = [
+    ("29463-7", "Body weight", "kg", 42.0, 98.0, 2),
+    ("8310-5", "Body temperature", "Cel", 35.8, 38.6, 2),
+    ("8867-4", "Heart rate", "/min", 48, 110, 0),
+    ("59408-5", "Oxygen saturation in Arterial blood by Pulse oximetry", "%", 88, 100, 0),
+]
+
+# Decimals are written as JSON numbers with their exact digits (12.50 stays
+# 12.50): they travel through json.dumps as marked strings, unmarked after.
+_DEC_MARK = "\u0000dec:"
+_DEC_RE = re.compile(r'"\\u0000dec:(-?[0-9]+(?:\.[0-9]+)?)"')
+
+
+def dec(value: float, places: int) -> str:
+    return f"{_DEC_MARK}{value:.{places}f}"
+
+
+def to_json(value: object) -> bytes:
+    return _DEC_RE.sub(r"\1", json.dumps(value, ensure_ascii=False, separators=(",", ":"))).encode()
+
+
+def luhn_check_digit(digits: str) -> int:
+    total = 0
+    for i, ch in enumerate(digits):
+        n = int(ch) * (2 if i % 2 == 0 else 1)
+        total += n - 9 if n > 9 else n
+    return (10 - total % 10) % 10
+
+
+def personnummer(born: date, serial: int) -> str:
+    """12-digit personnummer YYYYMMDDNNNC; the check digit covers YYMMDDNNN."""
+    body = f"{born:%y%m%d}{serial:03d}"
+    return f"{born:%Y}{body[2:]}{luhn_check_digit(body)}"
+
+
+@dataclass
+class PatientSeed:
+    index: int
+    full_url: str
+    resource: dict
+
+
+def make_patients(n: int, seed: int) -> list[PatientSeed]:
+    rng = random.Random(f"{seed}:patients")
+    first, last = date(1920, 1, 1), date(1950, 12, 31)
+    span = (last - first).days
+    used: set[str] = set()
+    out = []
+    for i in range(n):
+        while True:
+            born = first + timedelta(days=rng.randrange(span + 1))
+            # Serials 980-999 look like test numbers; the third digit carries the sex.
+            serial = rng.randrange(980, 1000)
+            pnr = personnummer(born, serial)
+            if pnr not in used:
+                used.add(pnr)
+                break
+        female = serial % 2 == 0
+        given = rng.choice(GIVEN_F if female else GIVEN_M)
+        resource = {
+            "resourceType": "Patient",
+            "identifier": [{"system": PERSONNUMMER, "value": pnr}],
+            "active": True,
+            "name": [{"use": "official", "family": rng.choice(FAMILY), "given": [given]}],
+            "gender": "female" if female else "male",
+            "birthDate": born.isoformat(),
+        }
+        out.append(PatientSeed(i, f"urn:uuid:{uuid.UUID(int=rng.getrandbits(128), version=4)}", resource))
+    return out
+
+
+def observation(rng: random.Random, subject: str) -> dict:
+    start = datetime(2023, 1, 1, tzinfo=timezone(timedelta(hours=1)))
+    when = start + timedelta(minutes=rng.randrange(2 * 365 * 24 * 60))
+    obs: dict = {
+        "resourceType": "Observation",
+        "status": "final",
+        "subject": {"reference": subject},
+        "effectiveDateTime": when.isoformat(timespec="seconds"),
+    }
+    roll = rng.random()
+    if roll < 0.15:
+        code, display, unit, low, high, places = rng.choice(VITALS)
+        value = rng.uniform(low, high)
+        obs["category"] = [{"coding": [{"system": OBS_CATEGORY, "code": "vital-signs", "display": "Vital Signs"}]}]
+        obs["code"] = {"coding": [{"system": LOINC, "code": code, "display": display}], "text": display}
+        obs["valueQuantity"] = {
+            "value": dec(value, places) if places else int(round(value)),
+            "unit": unit,
+            "system": UCUM,
+            "code": unit,
+        }
+        return obs
+    obs["category"] = [{"coding": [{"system": OBS_CATEGORY, "code": "survey", "display": "Survey"}]}]
+    if roll < 0.60:
+        obs["code"] = {"coding": [{"system": ASSESSMENT, "code": "padl", "display": "P-ADL-bedömning"}],
+                       "text": "Personlig ADL"}
+        items = rng.sample(PADL_ITEMS, rng.randint(3, len(PADL_ITEMS)))
+        obs["component"] = [
+            {
+                "code": {"coding": [{"system": ICF, "code": icf, "display": text}]},
+                "valueString": rng.choice(PADL_ANSWERS),
+            }
+            for icf, text in items
+        ]
+    elif roll < 0.80:
+        obs["code"] = {"coding": [{"system": ASSESSMENT, "code": "mna-sf", "display": "MNA-SF nutritionsbedömning"}]}
+        obs["valueQuantity"] = {"value": dec(rng.randrange(0, 57) / 4, 2), "unit": "poäng",
+                                "system": UCUM, "code": "{score}"}
+        obs["interpretation"] = [{"text": rng.choice(["Normalt nutritionsstatus", "Risk för undernäring",
+                                                      "Undernäring"])}]
+    else:
+        obs["code"] = {"coding": [{"system": ASSESSMENT, "code": "downton", "display": "Downton fallriskindex"}]}
+        obs["valueInteger"] = rng.randint(0, 11)
+        obs["note"] = [{"text": rng.choice(["Rollator inomhus.", "Yrsel vid uppresning.",
+                                            "Har fallit senaste halvåret.", "Inga anmärkningar."])}]
+    return obs
+
+
+def entry(full_url: str, resource: dict) -> dict:
+    return {"fullUrl": full_url, "resource": resource,
+            "request": {"method": "POST", "url": resource["resourceType"]}}
+
+
+class Client:
+    """One keep-alive connection per worker thread."""
+
+    def __init__(self, base: str):
+        parts = urlsplit(base)
+        if parts.scheme != "http":
+            raise SystemExit(f"--base: only http:// is supported, got {base!r}")
+        self.host, self.port = parts.hostname, parts.port or 80
+        self.path = parts.path.rstrip("/")
+        self.headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json",
+                        "Prefer": "return=minimal"}
+        token = os.environ.get("BENCH_TOKEN")
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+        self._local = threading.local()
+
+    def post(self, body: bytes) -> tuple[int, bytes]:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = http.client.HTTPConnection(self.host, self.port, timeout=600)
+        try:
+            conn.request("POST", self.path, body=body, headers=self.headers)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        except (ConnectionError, http.client.HTTPException, OSError):
+            self._local.conn = None
+            conn.close()
+            raise
+
+
+def post_chunk(client: Client, chunk_no: int, patients: list[PatientSeed], per_patient: int,
+               seed: int) -> tuple[list[str], list[str]]:
+    rng = random.Random(f"{seed}:chunk:{chunk_no}")
+    entries = []
+    for p in patients:
+        entries.append(entry(p.full_url, p.resource))
+        for _ in range(per_patient):
+            full_url = f"urn:uuid:{uuid.UUID(int=rng.getrandbits(128), version=4)}"
+            entries.append(entry(full_url, observation(rng, p.full_url)))
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    status, body = client.post(to_json(bundle))
+    if status != 200:
+        raise RuntimeError(f"transaction {chunk_no} ({len(entries)} entries): HTTP {status}: "
+                           f"{body[:2000].decode(errors='replace')}")
+    answer = json.loads(body)
+    got = answer.get("entry", [])
+    if len(got) != len(entries):
+        raise RuntimeError(f"transaction {chunk_no}: sent {len(entries)} entries, response has {len(got)}")
+    patient_ids, obs_ids = [], []
+    for sent, resp in zip(entries, got):
+        r = resp.get("response", {})
+        location = r.get("location", "")
+        if not str(r.get("status", "")).startswith("201") or "/" not in location:
+            raise RuntimeError(f"transaction {chunk_no}: entry {sent['fullUrl']} answered {r}")
+        ty, rid = location.split("/")[:2]
+        if ty != sent["resource"]["resourceType"]:
+            raise RuntimeError(f"transaction {chunk_no}: response order differs: {ty} for "
+                               f"{sent['resource']['resourceType']}")
+        (patient_ids if ty == "Patient" else obs_ids).append(rid)
+    return patient_ids, obs_ids
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", required=True,
+                    help="FHIR base URL, e.g. http://127.0.0.1:8080/fhir (a bare server root gets /fhir)")
+    ap.add_argument("--patients", type=int, default=200)
+    ap.add_argument("--observations-per-patient", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--ids-out", default="bench-results/ids.txt", help="id file for the wrk scripts")
+    ap.add_argument("--max-observation-ids", type=int, default=5000,
+                    help="at most this many Observation ids in --ids-out (a seeded sample)")
+    ap.add_argument("--bundle-entries", type=int, default=250, help="target entries per transaction")
+    ap.add_argument("--workers", type=int, default=4)
+    args = ap.parse_args()
+    if args.patients < 1 or args.observations_per_patient < 0:
+        ap.error("--patients must be >= 1 and --observations-per-patient >= 0")
+
+    base = args.base.rstrip("/")
+    if not urlsplit(base).path.endswith("/fhir"):
+        base += "/fhir"
+    client = Client(base)
+    patients = make_patients(args.patients, args.seed)
+    per_bundle = max(1, args.bundle_entries // (1 + args.observations_per_patient))
+    chunks = [patients[i:i + per_bundle] for i in range(0, len(patients), per_bundle)]
+
+    started = time.monotonic()
+    results: list[tuple[list[str], list[str]] | None] = [None] * len(chunks)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.workers) as pool:
+        futures = {pool.submit(post_chunk, client, n, chunk, args.observations_per_patient, args.seed): n
+                   for n, chunk in enumerate(chunks)}
+        try:
+            for fut in concurrent.futures.as_completed(futures):
+                results[futures[fut]] = fut.result()
+        except Exception as e:  # report the first failure and stop the rest
+            for f in futures:
+                f.cancel()
+            print(f"seed: FAILED: {e}", file=sys.stderr)
+            return 1
+    elapsed = time.monotonic() - started
+
+    patient_ids = [pid for r in results if r for pid in r[0]]
+    obs_ids = [oid for r in results if r for oid in r[1]]
+    sample = obs_ids
+    if len(obs_ids) > args.max_observation_ids:
+        sample = random.Random(f"{args.seed}:sample").sample(obs_ids, args.max_observation_ids)
+    out_dir = os.path.dirname(args.ids_out)
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+    with open(args.ids_out, "w", encoding="utf-8") as f:
+        f.writelines(f"Patient/{pid}\n" for pid in patient_ids)
+        f.writelines(f"Observation/{oid}\n" for oid in sample)
+
+    total = len(patient_ids) + len(obs_ids)
+    print(f"seed: created {len(patient_ids)} Patient and {len(obs_ids)} Observation resources "
+          f"({total} total) in {len(chunks)} transactions, {elapsed:.1f} s ({total / elapsed:.0f} resources/s); "
+          f"ids in {args.ids_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+//! Crash safety: the real binary, killed with SIGKILL under write load,
+//! restarted on the same database file, still has everything it acknowledged.
+
+use std::{process::Stdio, sync::Arc, time::Duration};
+
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::Mutex,
+};
+
+use crate::helpers::patient_json;
+
+/// Starts the gateway binary on `db` and returns it with its address.
+async fn start(db: &str) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nara-gateway"))
+        .arg("serve")
+        .env("NARA_SERVER__LISTEN", "127.0.0.1:0")
+        .env("NARA_DATABASE__URL", db)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the gateway binary");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("gateway printed its address in time")
+        .expect("read stdout")
+        .expect("a line");
+    let addr = line.strip_prefix("listening on ").expect("listening line").to_string();
+    (child, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_writes_survive_sigkill_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/crash.db", dir.path().display());
+    let (mut child, addr) = start(&db).await;
+    let client = reqwest::Client::new();
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (client, addr, acknowledged, stop) = (client.clone(), addr.clone(), acknowledged.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let body = patient_json(&format!("Writer{w}n{i}"), "191212121212");
+                let sent = client
+                    .post(format!("{addr}/fhir/Patient"))
+                    .header("content-type", "application/fhir+json")
+                    .body(body)
+                    .send()
+                    .await;
+                let Ok(resp) = sent else { break };
+                if resp.status() != 201 {
+                    continue;
+                }
+                let location = resp.headers().get("location").and_then(|l| l.to_str().ok()).map(str::to_owned);
+                if let Some(loc) = location {
+                    acknowledged.lock().await.push(loc);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    child.start_kill().expect("SIGKILL");
+    child.wait().await.expect("the process ended");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        let _ = w.await;
+    }
+    let acknowledged = acknowledged.lock().await.clone();
+    assert!(acknowledged.len() > 20, "the load produced writes ({})", acknowledged.len());
+
+    let (_child, addr2) = start(&db).await;
+    let mut missing = Vec::new();
+    for loc in &acknowledged {
+        let path = loc.split("/fhir/").nth(1).unwrap();
+        let resp = client.get(format!("{addr2}/fhir/{path}")).send().await.unwrap();
+        if resp.status() != 200 {
+            missing.push(loc.clone());
+        }
+    }
+    assert!(missing.is_empty(), "{} of {} acknowledged creates lost: {missing:?}", missing.len(), acknowledged.len());
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the real gateway on port 0 with its own SQLite file,
+//! exercised over real HTTP (and once through fhir-sdk's FHIR client).
+
+mod bundles;
+mod crash;
+mod crud;
+mod fhir_client;
+mod helpers;
+mod http;
+mod search;
+mod validation;
