@@ -129,7 +129,9 @@ impl Config {
                 .map_err(|e: toml::de::Error| ConfigError::Syntax { path: shown, message: e.to_string() })?;
             merge(&mut table, file_table);
         }
-        let overrides: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("NARA_")).collect();
+        // `NARA_TEST_*` variables belong to the test suite, not to the gateway.
+        let overrides: BTreeMap<String, String> =
+            env.into_iter().filter(|(k, _)| k.starts_with("NARA_") && !k.starts_with("NARA_TEST_")).collect();
         for (name, raw) in overrides {
             let path: Vec<String> = name["NARA_".len()..].split("__").map(|s| s.to_ascii_lowercase()).collect();
             set_from_env(&mut table, &path, &raw)?;
@@ -245,7 +247,12 @@ mod tests {
         std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:9000\"\n[fhir]\nmax_count = 500\n").unwrap();
         let c = Config::load(
             Some(&file),
-            env(&[("NARA_SERVER__LISTEN", "127.0.0.1:0"), ("NARA_FHIR__DEFAULT_COUNT", "20"), ("OTHER", "x")]),
+            env(&[
+                ("NARA_SERVER__LISTEN", "127.0.0.1:0"),
+                ("NARA_FHIR__DEFAULT_COUNT", "20"),
+                ("OTHER", "x"),
+                ("NARA_TEST_EMIT_DIR", "/tmp/x"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:0");

@@ -17,7 +17,8 @@ pub fn check(value: &Value, expected: &str, at: Option<&str>) -> Result<(), ApiE
         None => expr.to_owned(),
     };
     let Some(obj) = value.as_object() else {
-        return Err(ApiError::invalid_at("structure", "a resource must be a JSON object", locate("")));
+        let at = at.map_or_else(|| expected.to_owned(), str::to_owned);
+        return Err(ApiError::invalid_at("structure", "a resource must be a JSON object", at));
     };
     match obj.get("resourceType").and_then(Value::as_str) {
         Some(t) if t == expected => {}

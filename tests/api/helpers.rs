@@ -1,6 +1,6 @@
 //! `spawn_app()`: the real router on port 0 with its own SQLite file, and a
 //! small HTTP client that records every FHIR body the gateway emits (for
-//! `fhir-validate` in CI, when `NARA_EMIT_DIR` is set).
+//! `fhir-validate` in CI, when `NARA_TEST_EMIT_DIR` is set).
 
 use std::{
     net::SocketAddr,
@@ -100,9 +100,9 @@ impl Resp {
 
 static EMITTED: AtomicUsize = AtomicUsize::new(0);
 
-/// Saves a FHIR response body for external validation when `NARA_EMIT_DIR` is set.
+/// Saves a FHIR response body for external validation when `NARA_TEST_EMIT_DIR` is set.
 fn emit(text: &str, headers: &HeaderMap) {
-    let Ok(dir) = std::env::var("NARA_EMIT_DIR") else { return };
+    let Ok(dir) = std::env::var("NARA_TEST_EMIT_DIR") else { return };
     let fhir = headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|c| c.contains("json"));
     if !fhir || !text.contains("\"resourceType\"") {
         return;
