@@ -65,7 +65,7 @@ stop_gateway() {
     wait "$gw_pid" 2>/dev/null || true
   fi
   gw_pid=""
-  exec 3<&- 2>/dev/null || true
+  exec 3<&-
 }
 cleanup() {
   stop_gateway

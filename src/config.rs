@@ -55,11 +55,18 @@ pub struct DatabaseConfig {
     /// SQLite durability: `full` syncs the write-ahead log at every commit
     /// (survives power loss); `normal` survives process crashes only.
     pub sqlite_synchronous: String,
+    /// Megabytes of resource text kept in memory for reads by id (0: no cache).
+    pub cache_mb: u64,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        DatabaseConfig { url: "sqlite://data/nara.db".into(), max_connections: 8, sqlite_synchronous: "full".into() }
+        DatabaseConfig {
+            url: "sqlite://data/nara.db".into(),
+            max_connections: 8,
+            sqlite_synchronous: "full".into(),
+            cache_mb: 32,
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! server's `id` and `meta` already in it, and read back byte for byte.
 //! Search index rows live beside it and are written in the same transaction.
 
+pub mod cache;
 pub mod plan;
 pub mod sql;
 pub mod sqlite;
@@ -211,7 +212,11 @@ pub(crate) fn index_rows(
 /// Opens the backend the URL names and brings its schema up to date.
 pub async fn open(config: &crate::config::DatabaseConfig) -> anyhow::Result<Arc<dyn Store>> {
     if config.url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::open(config).await?))
+        let store: Arc<dyn Store> = Arc::new(sqlite::SqliteStore::open(config).await?);
+        Ok(match config.cache_mb {
+            0 => store,
+            mb => Arc::new(cache::CachedStore::new(store, mb * 1024 * 1024)),
+        })
     } else {
         anyhow::bail!("database.url: the PostgreSQL backend is not available in this build yet")
     }

@@ -1,0 +1,241 @@
+//! A read-through cache of current resource versions in front of any
+//! backend, so a read by id costs no database round trip when the resource
+//! is hot. Writes go through to the cache after commit.
+//!
+//! Correctness under concurrency: a reader that fetched from the database
+//! may only fill the cache if no write committed since it started reading
+//! (a generation counter), and never replaces a newer version with an older
+//! one (a per-key compare in moka's serialised `and_compute_with`). So a
+//! cached entry is never older than the last committed write of this process.
+//! The SQLite backend has a single writer process; backends shared by several
+//! processes must invalidate across them (see the PostgreSQL issue).
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use async_trait::async_trait;
+use moka::{ops::compute::Op, sync::Cache};
+
+use super::{
+    Current, HistoryPage, HistoryQuery, NewVersion, SearchPage, SearchPlan, Store, StoreResult, StoreTx, Stored,
+};
+
+/// Key of a current version: resource type and logical id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CurrentKey {
+    ty: Box<str>,
+    id: Box<str>,
+}
+
+impl CurrentKey {
+    pub fn new(ty: &str, id: &str) -> Self {
+        CurrentKey { ty: ty.into(), id: id.into() }
+    }
+}
+
+struct Shared {
+    current: Cache<CurrentKey, Stored>,
+    /// Bumped after every commit that changed something.
+    generation: AtomicU64,
+}
+
+impl Shared {
+    /// Puts `s` unless a newer version is cached; `since` (when given) must still be the generation.
+    fn offer(&self, s: Stored, since: Option<u64>) {
+        let key = CurrentKey::new(&s.ty, &s.id);
+        self.current.entry(key).and_compute_with(|existing| {
+            if since.is_some_and(|g| g != self.generation.load(Ordering::Acquire)) {
+                return Op::Nop;
+            }
+            match existing {
+                Some(e) if e.value().version >= s.version => Op::Nop,
+                _ => Op::Put(s),
+            }
+        });
+    }
+}
+
+/// The cache wrapper; implements [`Store`] by delegating to `inner`.
+pub struct CachedStore {
+    inner: Arc<dyn Store>,
+    shared: Arc<Shared>,
+}
+
+impl CachedStore {
+    /// Wraps `inner` with a cache of at most `max_bytes` of resource text.
+    pub fn new(inner: Arc<dyn Store>, max_bytes: u64) -> Self {
+        let current = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|k: &CurrentKey, v: &Stored| {
+                (v.body.len() + k.ty.len() + k.id.len() + 96).try_into().unwrap_or(u32::MAX)
+            })
+            .build();
+        CachedStore { inner, shared: Arc::new(Shared { current, generation: AtomicU64::new(0) }) }
+    }
+}
+
+#[async_trait]
+impl Store for CachedStore {
+    async fn read(&self, ty: &str, id: &str) -> StoreResult<Option<Stored>> {
+        if let Some(hit) = self.shared.current.get(&CurrentKey::new(ty, id)) {
+            return Ok(Some(hit));
+        }
+        let since = self.shared.generation.load(Ordering::Acquire);
+        let found = self.inner.read(ty, id).await?;
+        if let Some(s) = &found {
+            self.shared.offer(s.clone(), Some(since));
+        }
+        Ok(found)
+    }
+
+    async fn vread(&self, ty: &str, id: &str, version: i64) -> StoreResult<Option<Stored>> {
+        if let Some(hit) = self.shared.current.get(&CurrentKey::new(ty, id))
+            && hit.version == version
+        {
+            return Ok(Some(hit));
+        }
+        self.inner.vread(ty, id, version).await
+    }
+
+    async fn history(&self, q: &HistoryQuery) -> StoreResult<HistoryPage> {
+        self.inner.history(q).await
+    }
+
+    async fn search(&self, plan: &SearchPlan) -> StoreResult<SearchPage> {
+        self.inner.search(plan).await
+    }
+
+    async fn include(
+        &self,
+        rows: &[Stored],
+        param: &str,
+        target_type: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Stored>> {
+        self.inner.include(rows, param, target_type, limit).await
+    }
+
+    async fn revinclude(
+        &self,
+        rows: &[Stored],
+        source_type: &str,
+        param: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<Stored>> {
+        self.inner.revinclude(rows, source_type, param, limit).await
+    }
+
+    async fn begin(&self) -> StoreResult<Box<dyn StoreTx>> {
+        Ok(Box::new(CachedTx { inner: self.inner.begin().await?, shared: self.shared.clone(), written: Vec::new() }))
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.inner.ping().await
+    }
+}
+
+struct CachedTx {
+    inner: Box<dyn StoreTx>,
+    shared: Arc<Shared>,
+    /// Versions this transaction wrote, to publish after commit.
+    written: Vec<Stored>,
+}
+
+#[async_trait]
+impl StoreTx for CachedTx {
+    async fn current(&mut self, ty: &str, id: &str) -> StoreResult<Option<Current>> {
+        self.inner.current(ty, id).await
+    }
+
+    async fn find_ids(&mut self, plan: &SearchPlan) -> StoreResult<Vec<String>> {
+        self.inner.find_ids(plan).await
+    }
+
+    async fn put(&mut self, v: NewVersion<'_>) -> StoreResult<()> {
+        let stored = Stored {
+            rid: 0,
+            ty: v.ty.to_owned(),
+            id: v.id.to_owned(),
+            version: v.version,
+            last_updated_ms: v.last_updated_ms,
+            deleted: false,
+            method: v.method,
+            body: v.body.into(),
+        };
+        self.inner.put(v).await?;
+        self.written.push(stored);
+        Ok(())
+    }
+
+    async fn delete(&mut self, ty: &str, id: &str, version: i64, at_ms: i64) -> StoreResult<()> {
+        self.inner.delete(ty, id, version, at_ms).await?;
+        self.written.push(Stored {
+            rid: 0,
+            ty: ty.to_owned(),
+            id: id.to_owned(),
+            version,
+            last_updated_ms: at_ms,
+            deleted: true,
+            method: "DELETE",
+            body: "".into(),
+        });
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        let CachedTx { inner, shared, written } = *self;
+        let result = inner.commit().await;
+        // Bump even when commit failed: its outcome is unknown, so readers must not fill from before it.
+        if !written.is_empty() {
+            shared.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        result?;
+        for s in written {
+            shared.offer(s, None);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        Shared { current: Cache::new(100), generation: AtomicU64::new(0) }
+    }
+
+    fn version(v: i64) -> Stored {
+        Stored {
+            rid: 1,
+            ty: "Patient".into(),
+            id: "p".into(),
+            version: v,
+            last_updated_ms: v,
+            deleted: false,
+            method: "PUT",
+            body: format!("{{\"v\":{v}}}").into(),
+        }
+    }
+
+    #[test]
+    fn a_fill_read_before_a_commit_is_discarded() {
+        let s = shared();
+        let since = s.generation.load(Ordering::Acquire);
+        s.generation.fetch_add(1, Ordering::AcqRel); // a write committed meanwhile
+        s.offer(version(1), Some(since));
+        assert!(s.current.get(&CurrentKey::new("Patient", "p")).is_none());
+    }
+
+    #[test]
+    fn an_older_version_never_replaces_a_newer_one() {
+        let s = shared();
+        s.offer(version(2), None);
+        s.offer(version(1), Some(s.generation.load(Ordering::Acquire)));
+        assert_eq!(s.current.get(&CurrentKey::new("Patient", "p")).map(|x| x.version), Some(2));
+        s.offer(version(3), None);
+        assert_eq!(s.current.get(&CurrentKey::new("Patient", "p")).map(|x| x.version), Some(3));
+    }
+}
