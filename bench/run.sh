@@ -7,7 +7,7 @@
 #
 # Per scenario: a release build on a fresh temporary SQLite file (port 0),
 # seeded by bench/seed.py, then wrk (16 connections, 2 threads,
-# BENCH_DURATION seconds, default 15) for read by id, search by
+# BENCH_DURATION seconds, default 15; 10 s request timeout) for read by id, search by
 # subject+category and create. Prints Markdown tables and writes
 # bench-results/latest.json. Exits non-zero when any request failed.
 #
@@ -16,7 +16,7 @@
 # NARA_* variables reach the gateway (e.g. NARA_DATABASE__SQLITE_SYNCHRONOUS).
 set -euo pipefail
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
 
 quick=0
 for arg in "$@"; do
@@ -115,7 +115,7 @@ failed=0
 run_wrk() {
   local scenario=$1 test=$2 script=$3 ids=$4 out="$work/$1-$2.wrk" rc=0
   log "$scenario: $test (wrk -t$threads -c$connections -d${duration}s)"
-  BENCH_DIR="$bench" wrk -t"$threads" -c"$connections" -d"${duration}s" --latency \
+  BENCH_DIR="$bench" wrk -t"$threads" -c"$connections" -d"${duration}s" --timeout 10s --latency \
     -s "$bench/$script" "http://$gw_addr" -- "$ids" >"$out" 2>"$out.err" || rc=$?
   grep -v '^BENCH_RESULT ' "$out" >&2 || true
   cat "$out.err" >&2

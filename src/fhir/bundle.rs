@@ -301,6 +301,15 @@ fn parse_entry(index: usize, entry: Value, base: &str) -> Result<Entry, ApiError
         }
         Ok(b)
     };
+    if let Some(ty) = segments.first()
+        && !crate::fhir::is_supported_type(ty)
+    {
+        return Err(ApiError::invalid_at(
+            "not-supported",
+            format!("resource type `{ty}` is not supported by this server"),
+            at("request.url"),
+        ));
+    }
     let op = match (method, segments.as_slice(), query) {
         ("GET" | "HEAD", [ty, id], None) => Op::Read { ty: ty.to_string(), id: id.to_string(), version: None },
         ("GET" | "HEAD", [ty, id, "_history", v], None) => {

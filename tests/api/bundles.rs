@@ -147,4 +147,8 @@ async fn only_batch_and_transaction_bundles_are_processed() {
         )
         .await;
     r.assert_outcome(400, "Bundle.entry[0].request");
+    // Only the server's resource types can be written through a Bundle, even ones R4 knows.
+    let nested = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Bundle", "type": "collection"}, "request": {"method": "POST", "url": "Bundle"}}]});
+    app.post("/fhir", &nested.to_string()).await.assert_outcome(400, "Bundle.entry[0].request.url");
 }

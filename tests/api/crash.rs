@@ -88,3 +88,27 @@ async fn acknowledged_writes_survive_sigkill_and_restart() {
     }
     assert!(missing.is_empty(), "{} of {} acknowledged creates lost: {missing:?}", missing.len(), acknowledged.len());
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_gateway_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/term.db", dir.path().display());
+    let (mut child, addr) = start(&db).await;
+    let client = reqwest::Client::new();
+    let created = client
+        .post(format!("{addr}/fhir/Patient"))
+        .header("content-type", "application/fhir+json")
+        .body(patient_json("Term", "191212121212"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let pid = child.id().expect("running").to_string();
+    let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("stopped in time").unwrap();
+    assert!(status.success(), "exit status after SIGTERM: {status:?}");
+    let (_again, addr2) = start(&db).await;
+    let path = created.headers()["location"].to_str().unwrap().split("/fhir/").nth(1).unwrap().to_string();
+    assert_eq!(client.get(format!("{addr2}/fhir/{path}")).send().await.unwrap().status(), 200);
+}

@@ -16,6 +16,12 @@ use params::{ParamType, SearchParamDef};
 
 /// How many chain links `a.b.c=…` may have.
 const MAX_CHAIN_DEPTH: usize = 3;
+/// Most parameters in one search.
+const MAX_PARAMS: usize = 64;
+/// Most comma-separated values of one parameter.
+const MAX_VALUES: usize = 100;
+/// Longest value of one parameter, in bytes.
+const MAX_VALUE_LEN: usize = 2048;
 
 /// An `_include` or `_revinclude` request.
 #[derive(Clone, Debug, PartialEq)]
@@ -74,7 +80,13 @@ pub fn parse(
         applied: Vec::new(),
         warnings: Vec::new(),
     };
+    if query.len() > MAX_PARAMS {
+        return Err(ApiError::invalid("too-costly", format!("at most {MAX_PARAMS} search parameters per request")));
+    }
     for (name, value) in query {
+        if value.len() > MAX_VALUE_LEN {
+            return Err(bad(name, format!("values longer than {MAX_VALUE_LEN} bytes are not accepted")));
+        }
         let applied = apply(&mut out, ty, name, value, cfg, base)?;
         match applied {
             Applied::Yes => out.applied.push((name.clone(), value.clone())),
@@ -245,13 +257,17 @@ fn filter_for(ty: &str, name: &str, value: &str, base: &str, depth: usize) -> Re
         Some((c, m)) => (c, Some(m)),
         None => (name, None),
     };
-    if code == "_id" {
+    if code == "_id" || code == "_lastUpdated" {
         no_modifier(name, modifier)?;
+        if values::split_or(value).len() > MAX_VALUES {
+            return Err(bad(name, format!("at most {MAX_VALUES} comma-separated values")));
+        }
+    }
+    if code == "_id" {
         let atoms = values::split_or(value).iter().map(|v| Atom::Id(values::unescape(v))).collect();
         return Ok(Some(Filter::Any(atoms)));
     }
     if code == "_lastUpdated" {
-        no_modifier(name, modifier)?;
         let mut atoms = Vec::new();
         for v in values::split_or(value) {
             let (prefix, low, high) = values::parse_date(&v).map_err(|m| bad(name, m))?;
@@ -274,6 +290,9 @@ fn filter_for(ty: &str, name: &str, value: &str, base: &str, depth: usize) -> Re
     let parts = values::split_or(value);
     if parts.is_empty() || parts.iter().any(String::is_empty) {
         return Err(bad(name, "empty value"));
+    }
+    if parts.len() > MAX_VALUES {
+        return Err(bad(name, format!("at most {MAX_VALUES} comma-separated values")));
     }
     let mut atoms = Vec::with_capacity(parts.len());
     let mut negate = false;
@@ -512,6 +531,18 @@ mod tests {
         assert_eq!(p.warnings.len(), 1);
         assert!(p.applied.is_empty());
         assert!(parse("Observation", &q(&[("bogus", "1")]), &cfg(), true, "http://x/fhir").is_err());
+    }
+
+    #[test]
+    fn oversized_searches_are_refused_not_run() {
+        let many_ids = vec!["x"; MAX_VALUES + 1].join(",");
+        assert!(parse("Patient", &q(&[("_id", &many_ids)]), &cfg(), true, "").is_err());
+        let many_codes = vec!["c"; MAX_VALUES + 1].join(",");
+        assert!(parse("Observation", &q(&[("code", &many_codes)]), &cfg(), true, "").is_err());
+        let long = "a".repeat(MAX_VALUE_LEN + 1);
+        assert!(parse("Patient", &q(&[("name:contains", &long)]), &cfg(), true, "").is_err());
+        let params: Vec<(&str, &str)> = vec![("status", "final"); MAX_PARAMS + 1];
+        assert!(parse("Observation", &q(&params), &cfg(), true, "").is_err());
     }
 
     #[test]
