@@ -37,7 +37,7 @@ CREATE TABLE idx_token (
     text_norm TEXT
 );
 CREATE INDEX idx_token_code ON idx_token (param, code, system);
-CREATE INDEX idx_token_rid ON idx_token (rid);
+CREATE INDEX idx_token_rid ON idx_token (rid, param);
 
 CREATE TABLE idx_string (
     rid   INTEGER NOT NULL,
@@ -46,7 +46,7 @@ CREATE TABLE idx_string (
     exact TEXT    NOT NULL
 );
 CREATE INDEX idx_string_norm ON idx_string (param, norm);
-CREATE INDEX idx_string_rid ON idx_string (rid);
+CREATE INDEX idx_string_rid ON idx_string (rid, param);
 
 CREATE TABLE idx_date (
     rid   INTEGER NOT NULL,
@@ -56,7 +56,7 @@ CREATE TABLE idx_date (
 );
 CREATE INDEX idx_date_low ON idx_date (param, low);
 CREATE INDEX idx_date_high ON idx_date (param, high);
-CREATE INDEX idx_date_rid ON idx_date (rid);
+CREATE INDEX idx_date_rid ON idx_date (rid, param);
 
 CREATE TABLE idx_reference (
     rid         INTEGER NOT NULL,
@@ -79,7 +79,7 @@ CREATE TABLE idx_number (
     text  TEXT    NOT NULL
 );
 CREATE INDEX idx_number_value ON idx_number (param, value);
-CREATE INDEX idx_number_rid ON idx_number (rid);
+CREATE INDEX idx_number_rid ON idx_number (rid, param);
 
 CREATE TABLE idx_quantity (
     rid    INTEGER NOT NULL,
@@ -90,7 +90,7 @@ CREATE TABLE idx_quantity (
     unit   TEXT
 );
 CREATE INDEX idx_quantity_value ON idx_quantity (param, value);
-CREATE INDEX idx_quantity_rid ON idx_quantity (rid);
+CREATE INDEX idx_quantity_rid ON idx_quantity (rid, param);
 
 CREATE TABLE idx_uri (
     rid   INTEGER NOT NULL,
@@ -98,4 +98,4 @@ CREATE TABLE idx_uri (
     uri   TEXT    NOT NULL
 );
 CREATE INDEX idx_uri_value ON idx_uri (param, uri);
-CREATE INDEX idx_uri_rid ON idx_uri (rid);
+CREATE INDEX idx_uri_rid ON idx_uri (rid, param);

@@ -125,13 +125,55 @@ pub fn search_ids(plan: &SearchPlan) -> Sql {
 fn where_clause(sql: &mut Sql, plan: &SearchPlan, alias: &str) {
     sql.push(alias).push(".res_type = ").text_arg(&plan.ty);
     sql.push(" AND ").push(alias).push(".deleted = 0");
-    for f in &plan.filters {
+    conditions(sql, &plan.filters, alias);
+}
+
+/// How a filter is written: as the set that drives the query (`rid IN (…)`,
+/// read from the parameter's index) or as a per-row check (`EXISTS (…)`,
+/// an index lookup by row id).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Drive,
+    Check,
+}
+
+/// Appends ` AND <filter>` for each filter; the most selective one drives.
+fn conditions(sql: &mut Sql, filters: &[Filter], alias: &str) {
+    let driver = filters
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (i, selectivity(f)))
+        .filter(|(_, score)| *score > 0)
+        .max_by_key(|(i, score)| (*score, std::cmp::Reverse(*i)))
+        .map(|(i, _)| i);
+    for (i, f) in filters.iter().enumerate() {
         sql.push(" AND ");
-        filter(sql, f, alias);
+        filter(sql, f, alias, if Some(i) == driver { Mode::Drive } else { Mode::Check });
     }
 }
 
-fn filter(sql: &mut Sql, f: &Filter, alias: &str) {
+/// A rough guess of how few rows a filter matches (higher: fewer). 0: never drive with it.
+fn selectivity(f: &Filter) -> u8 {
+    let Filter::Any(atoms) = f else { return 0 };
+    atoms
+        .iter()
+        .map(|a| match a {
+            Atom::Id(_) => 100,
+            Atom::Token { param: "identifier", .. } | Atom::ReferenceIdentifier { .. } => 90,
+            Atom::Reference { .. } | Atom::ReferenceUrl { .. } | Atom::Chain { .. } => 80,
+            Atom::Uri { below: false, .. } => 70,
+            Atom::String { mode: StringMode::Exact, .. } => 60,
+            Atom::String { mode: StringMode::StartsWith, .. } => 50,
+            Atom::Date { .. } => 40,
+            Atom::Token { .. } | Atom::Number { .. } | Atom::Quantity { .. } | Atom::Uri { .. } => 30,
+            Atom::String { mode: StringMode::Contains, .. } | Atom::TokenText { .. } => 10,
+            Atom::LastUpdated { .. } | Atom::Missing { .. } => 0,
+        })
+        .min()
+        .unwrap_or(0)
+}
+
+fn filter(sql: &mut Sql, f: &Filter, alias: &str, mode: Mode) {
     let (atoms, negate) = match f {
         Filter::Any(a) => (a, false),
         Filter::None(a) => (a, true),
@@ -147,22 +189,28 @@ fn filter(sql: &mut Sql, f: &Filter, alias: &str) {
         if i > 0 {
             sql.push(" OR ");
         }
-        atom(sql, a, alias);
+        atom(sql, a, alias, mode);
     }
     sql.push(")");
 }
 
-/// `alias.rid IN (SELECT rid FROM table WHERE param = ? AND `, left open for the caller.
-fn open_in<'a>(sql: &'a mut Sql, alias: &str, table: IndexTable, param: &str) -> &'a mut Sql {
-    sql.push(alias)
-        .push(".rid IN (SELECT rid FROM ")
-        .push(table.name())
-        .push(" WHERE param = ")
-        .text_arg(param)
-        .push(" AND ")
+/// Opens the subquery of one index table, left open for the caller's predicate:
+/// `alias.rid IN (SELECT rid FROM t WHERE param = ? AND ` or
+/// `EXISTS (SELECT 1 FROM t m WHERE m.rid = alias.rid AND m.param = ? AND `.
+fn open_in<'a>(sql: &'a mut Sql, alias: &str, table: IndexTable, param: &str, mode: Mode) -> &'a mut Sql {
+    match mode {
+        Mode::Drive => sql.push(alias).push(".rid IN (SELECT rid FROM ").push(table.name()).push(" WHERE param = "),
+        Mode::Check => sql
+            .push("EXISTS (SELECT 1 FROM ")
+            .push(table.name())
+            .push(" m WHERE m.rid = ")
+            .push(alias)
+            .push(".rid AND m.param = "),
+    };
+    sql.text_arg(param).push(" AND ")
 }
 
-fn atom(sql: &mut Sql, a: &Atom, alias: &str) {
+fn atom(sql: &mut Sql, a: &Atom, alias: &str, mode: Mode) {
     match a {
         Atom::Id(id) => {
             sql.push(alias).push(".res_id = ").text_arg(id);
@@ -172,17 +220,17 @@ fn atom(sql: &mut Sql, a: &Atom, alias: &str) {
             date_predicate(sql, &col, &col, *prefix, *low, *high);
         }
         Atom::Token { param, query } => {
-            open_in(sql, alias, IndexTable::Token, param);
+            open_in(sql, alias, IndexTable::Token, param, mode);
             token_predicate(sql, query, "system", "code");
             sql.push(")");
         }
         Atom::TokenText { param, normalized } => {
-            open_in(sql, alias, IndexTable::Token, param);
+            open_in(sql, alias, IndexTable::Token, param, mode);
             sql.push("text_norm LIKE ").text_arg(&format!("%{}%", like_escape(normalized))).push(" ESCAPE '\\')");
         }
-        Atom::String { param, mode, value } => {
-            open_in(sql, alias, IndexTable::String, param);
-            match mode {
+        Atom::String { param, mode: how, value } => {
+            open_in(sql, alias, IndexTable::String, param, mode);
+            match how {
                 StringMode::StartsWith => {
                     sql.push("norm >= ").text_arg(value);
                     sql.push(" AND norm < ").text_arg(&format!("{value}{TEXT_MAX}"));
@@ -197,46 +245,44 @@ fn atom(sql: &mut Sql, a: &Atom, alias: &str) {
             sql.push(")");
         }
         Atom::Date { param, prefix, low, high } => {
-            open_in(sql, alias, IndexTable::Date, param);
+            open_in(sql, alias, IndexTable::Date, param, mode);
             date_predicate(sql, "low", "high", *prefix, *low, *high);
             sql.push(")");
         }
         Atom::Reference { param, ty, id } => {
-            open_in(sql, alias, IndexTable::Reference, param);
+            open_in(sql, alias, IndexTable::Reference, param, mode);
+            sql.push("target_id = ").text_arg(id);
             if let Some(ty) = ty {
-                sql.push("target_type = ").text_arg(ty).push(" AND ");
+                sql.push(" AND target_type = ").text_arg(ty);
             }
-            sql.push("target_id = ").text_arg(id).push(")");
+            sql.push(")");
         }
         Atom::ReferenceUrl { param, url } => {
-            open_in(sql, alias, IndexTable::Reference, param);
+            open_in(sql, alias, IndexTable::Reference, param, mode);
             sql.push("ref = ").text_arg(url).push(")");
         }
         Atom::ReferenceIdentifier { param, query } => {
-            open_in(sql, alias, IndexTable::Reference, param);
+            open_in(sql, alias, IndexTable::Reference, param, mode);
             token_predicate(sql, query, "id_system", "id_value");
             sql.push(")");
         }
         Atom::Chain { param, ty, filters } => {
-            sql.push(alias)
-                .push(".rid IN (SELECT x.rid FROM idx_reference x JOIN resources t ON t.res_type = x.target_type AND t.res_id = x.target_id WHERE x.param = ")
-                .text_arg(param)
-                .push(" AND x.target_type = ")
-                .text_arg(ty)
-                .push(" AND t.deleted = 0");
-            for f in filters {
-                sql.push(" AND ");
-                filter(sql, f, "t");
-            }
-            sql.push(")");
+            // The chained type's matches are found first (driven by their own
+            // most selective filter), then the references pointing at them.
+            open_in(sql, alias, IndexTable::Reference, param, mode);
+            sql.push("target_type = ").text_arg(ty);
+            sql.push(" AND target_id IN (SELECT t.res_id FROM resources t WHERE t.res_type = ").text_arg(ty);
+            sql.push(" AND t.deleted = 0");
+            conditions(sql, filters, "t");
+            sql.push("))");
         }
         Atom::Number { param, prefix, value, low, high } => {
-            open_in(sql, alias, IndexTable::Number, param);
+            open_in(sql, alias, IndexTable::Number, param, mode);
             number_predicate(sql, *prefix, *value, *low, *high);
             sql.push(")");
         }
         Atom::Quantity { param, prefix, value, low, high, system, code } => {
-            open_in(sql, alias, IndexTable::Quantity, param);
+            open_in(sql, alias, IndexTable::Quantity, param, mode);
             number_predicate(sql, *prefix, *value, *low, *high);
             if let Some(s) = system {
                 sql.push(" AND system = ").text_arg(s);
@@ -247,7 +293,7 @@ fn atom(sql: &mut Sql, a: &Atom, alias: &str) {
             sql.push(")");
         }
         Atom::Uri { param, value, below } => {
-            open_in(sql, alias, IndexTable::Uri, param);
+            open_in(sql, alias, IndexTable::Uri, param, mode);
             if *below {
                 sql.push("uri >= ").text_arg(value);
                 sql.push(" AND uri < ").text_arg(&format!("{value}{TEXT_MAX}"));
