@@ -48,6 +48,10 @@ for tool in python3 curl cargo; do
   command -v "$tool" >/dev/null || die "needs $tool"
 done
 
+# The work tree may differ from the commit: fingerprint what was built.
+source_digest=$(cd "$root" && find Cargo.toml Cargo.lock src migrations -type f 2>/dev/null | LC_ALL=C sort |
+  xargs sha256sum | sha256sum | cut -c1-16)
+
 log "cargo build --release"
 (cd "$root" && cargo build --release)
 bin="$root/target/release/nara-gateway"
@@ -132,6 +136,7 @@ run_wrk() {
     tail -50 "$work/$scenario.log" >&2
     die "the gateway died during $scenario/$test"
   fi
+  echo "$test $(status_kb VmRSS) $(status_kb VmHWM)" >>"$work/$scenario.rss"
 }
 
 # scenario NAME PATIENTS OBS_PER_PATIENT
@@ -149,6 +154,7 @@ scenario() {
   seed_s=$(awk -v d=$((t1 - t0)) 'BEGIN { printf "%.1f", d / 1e6 }')
   rss_after_seed=$(status_kb VmRSS)
   : >"$work/$name.tests"
+  : >"$work/$name.rss"
   run_wrk "$name" read read.lua "$ids"
   run_wrk "$name" search search.lua "$ids"
   run_wrk "$name" create create.lua "$ids"
@@ -199,7 +205,7 @@ load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 export BENCH_WORK="$work" BENCH_STARTED="$started" BENCH_COMMIT="$commit" \
   BENCH_LOAD_BEFORE="$load_before" BENCH_LOAD_AFTER="$load_after" \
   BENCH_CONNECTIONS="$connections" BENCH_THREADS="$threads" BENCH_SECONDS="$duration" \
-  BENCH_OUT="$results/latest.json" BENCH_SEED="$seed"
+  BENCH_OUT="$results/latest.json" BENCH_SEED="$seed" BENCH_SOURCE_DIGEST="$source_digest"
 python3 - <<'PY'
 import json, os, platform, subprocess
 
@@ -220,10 +226,14 @@ for name in ("small", "large"):
         s = json.load(f)
     with open(os.path.join(work, f"{name}.tests")) as f:
         s["tests"] = [json.loads(line) for line in f if line.strip()]
+    with open(os.path.join(work, f"{name}.rss")) as f:
+        s["rss_after_test_kb"] = {t: {"rss": int(r), "hwm": int(h)} for t, r, h in
+                                  (line.split() for line in f if line.strip())}
     scenarios.append(s)
 doc = {
     "date": env["BENCH_STARTED"],
     "commit": env["BENCH_COMMIT"],
+    "source_digest": env["BENCH_SOURCE_DIGEST"],
     "cpu_model": cpu,
     "nproc": os.cpu_count(),
     "kernel": platform.release(),
@@ -240,7 +250,7 @@ with open(env["BENCH_OUT"], "w") as f:
     f.write("\n")
 
 print(f"\n## nara-gateway benchmark, {doc['date']}\n")
-print(f"commit {doc['commit'][:12]}, {cpu}, nproc {doc['nproc']}, "
+print(f"commit {doc['commit'][:12]} (sources {doc['source_digest']}), {cpu}, nproc {doc['nproc']}, "
       f"load average {doc['load_avg_before']} (before) / {doc['load_avg_after']} (after), "
       f"wrk -t{doc['wrk']['threads']} -c{doc['wrk']['connections']} -d{doc['wrk']['seconds_per_test']}s, "
       f"sqlite synchronous={doc['sqlite_synchronous']}")
@@ -256,7 +266,9 @@ for s in scenarios:
             continue
         errors = t["non2xx"] + t["socket_errors"]
         print(f"| {labels[t['test']]} | {t['rps']:,.0f} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} | {errors} |")
-    print(f"\npeak RSS (VmHWM): {s['peak_rss_kb'] / 1024:.1f} MB; "
+    after = ", ".join(f"{t} {v['hwm'] / 1024:.0f} MB" for t, v in s["rss_after_test_kb"].items())
+    print(f"\npeak RSS (VmHWM): {s['peak_rss_kb'] / 1024:.1f} MB (after seeding {s['rss_after_seed_kb'] / 1024:.0f} MB "
+          f"RSS; peak after each test: {after}); "
           f"start-up on an empty store: {s['startup_empty_listen_ms']} ms to `listening on`, "
           f"{s['startup_empty_ready_ms']} ms to ready; "
           f"restart on the filled store ({s['db_kb'] / 1024:.0f} MB): {s['restart_filled_listen_ms']} ms "

@@ -63,7 +63,7 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
             url: "sqlite://data/nara.db".into(),
-            max_connections: 8,
+            max_connections: 4,
             sqlite_synchronous: "full".into(),
             cache_mb: 32,
         }

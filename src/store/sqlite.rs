@@ -1,15 +1,27 @@
 //! The embedded SQLite backend: one file, write-ahead log, a pool of
 //! read-only connections and a single writer connection, so writes never
 //! fail on lock contention and readers never wait for writers.
+//!
+//! Group commit: each logical transaction runs as a SAVEPOINT inside an
+//! outer transaction on the writer connection. `commit` releases the
+//! savepoint and waits; a flusher task then COMMITs the outer transaction —
+//! one durable sync for every transaction that finished meanwhile — and only
+//! then are their callers told they succeeded. A transaction that fails or is
+//! dropped is rolled back to its savepoint and takes nobody else with it.
 
-use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
+use std::{
+    path::Path,
+    str::FromStr,
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use sqlx::{
     Connection, Executor, Row, SqliteConnection,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
 };
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard, oneshot};
 
 use super::{
     Current, HistoryPage, HistoryQuery, NewVersion, SearchPage, SearchPlan, Store, StoreError, StoreResult, StoreTx,
@@ -26,12 +38,81 @@ const MIGRATIONS: &[(i64, &str, &str)] =
 pub struct SqliteStore {
     readers: SqlitePool,
     writer: Arc<Mutex<Writer>>,
+    /// Wakes the flusher after a transaction released its savepoint.
+    flush: Arc<Notify>,
 }
+
+type CommitResult = Result<(), String>;
 
 struct Writer {
     conn: SqliteConnection,
-    /// A transaction was dropped without commit and must be rolled back first.
-    open: bool,
+    /// The outer transaction is open (it may hold released, uncommitted work).
+    outer: bool,
+    /// A logical transaction's savepoint is still open: it failed or was
+    /// dropped, and must be rolled back before anything else runs.
+    abandoned: bool,
+    /// Callers waiting for the next COMMIT.
+    waiters: Vec<oneshot::Sender<CommitResult>>,
+}
+
+impl Writer {
+    /// Rolls back a savepoint left behind by a failed or dropped transaction.
+    /// If SQLite already rolled back more than that (some errors end the whole
+    /// transaction), the outer transaction is abandoned too and its waiters fail.
+    async fn discard_abandoned(&mut self) -> Result<(), sqlx::Error> {
+        if !self.abandoned {
+            return Ok(());
+        }
+        let rolled_back = match self.conn.execute("ROLLBACK TO tx").await {
+            Ok(_) => self.conn.execute("RELEASE tx").await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        self.abandoned = false;
+        if let Err(e) = rolled_back {
+            tracing::error!(error = %e, "the write transaction was lost; failing the transactions waiting in it");
+            let _ = self.conn.execute("ROLLBACK").await;
+            self.outer = false;
+            for w in self.waiters.drain(..) {
+                let _ = w.send(Err(format!("the transaction was rolled back: {e}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the outer transaction and tells every waiter how it went.
+    async fn flush(&mut self) {
+        if let Err(e) = self.discard_abandoned().await {
+            tracing::error!(error = %e, "could not roll back an abandoned transaction");
+        }
+        if !self.outer {
+            return;
+        }
+        let result = self.conn.execute("COMMIT").await.map(|_| ()).map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, waiters = self.waiters.len(), "group commit failed; its transactions are not stored");
+            let _ = self.conn.execute("ROLLBACK").await;
+        }
+        self.outer = false;
+        for w in self.waiters.drain(..) {
+            let _ = w.send(result.clone());
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Lets the flusher see that the store is gone and end.
+        self.flush.notify_one();
+    }
+}
+
+/// Commits whenever transactions are waiting; ends when the store is dropped.
+async fn flusher(writer: Weak<Mutex<Writer>>, wake: Arc<Notify>) {
+    loop {
+        wake.notified().await;
+        let Some(writer) = writer.upgrade() else { return };
+        writer.lock().await.flush().await;
+    }
 }
 
 impl SqliteStore {
@@ -57,7 +138,7 @@ impl SqliteStore {
             .synchronous(sync)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(false)
-            .pragma("cache_size", "-16000")
+            .pragma("cache_size", "-4000")
             .pragma("temp_store", "memory")
             .statement_cache_capacity(256);
         let mut conn = SqliteConnection::connect_with(&base).await?;
@@ -67,7 +148,10 @@ impl SqliteStore {
             .min_connections(1)
             .connect_with(base.clone().pragma("query_only", "1"))
             .await?;
-        Ok(SqliteStore { readers, writer: Arc::new(Mutex::new(Writer { conn, open: false })) })
+        let writer = Arc::new(Mutex::new(Writer { conn, outer: false, abandoned: false, waiters: Vec::new() }));
+        let flush = Arc::new(Notify::new());
+        tokio::spawn(flusher(Arc::downgrade(&writer), flush.clone()));
+        Ok(SqliteStore { readers, writer, flush })
     }
 }
 
@@ -325,13 +409,14 @@ impl Store for SqliteStore {
 
     async fn begin(&self) -> StoreResult<Box<dyn StoreTx>> {
         let mut guard = self.writer.clone().lock_owned().await;
-        if guard.open {
-            guard.conn.execute("ROLLBACK").await.map_err(err)?;
-            guard.open = false;
+        guard.discard_abandoned().await.map_err(err)?;
+        if !guard.outer {
+            guard.conn.execute("BEGIN IMMEDIATE").await.map_err(err)?;
+            guard.outer = true;
         }
-        guard.conn.execute("BEGIN IMMEDIATE").await.map_err(err)?;
-        guard.open = true;
-        Ok(Box::new(SqliteTx { guard }))
+        guard.conn.execute("SAVEPOINT tx").await.map_err(err)?;
+        guard.abandoned = true;
+        Ok(Box::new(SqliteTx { guard, flush: self.flush.clone() }))
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -358,8 +443,11 @@ fn push_rid_list(sql: &mut Sql, rows: &[Stored]) {
     }
 }
 
+/// A logical transaction: a savepoint on the writer connection, holding its lock.
+/// Dropped without `commit`, it is rolled back before the next writer runs.
 struct SqliteTx {
     guard: OwnedMutexGuard<Writer>,
+    flush: Arc<Notify>,
 }
 
 impl SqliteTx {
@@ -427,10 +515,19 @@ impl StoreTx for SqliteTx {
         Ok(())
     }
 
-    async fn commit(mut self: Box<Self>) -> StoreResult<()> {
-        self.conn().execute("COMMIT").await.map_err(err)?;
-        self.guard.open = false;
-        Ok(())
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        let SqliteTx { mut guard, flush } = *self;
+        guard.conn.execute("RELEASE tx").await.map_err(err)?;
+        guard.abandoned = false;
+        let (done, result) = oneshot::channel();
+        guard.waiters.push(done);
+        drop(guard);
+        flush.notify_one();
+        match result.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!("commit failed: {e}"))),
+            Err(_) => Err(StoreError::Unavailable("the database writer stopped before committing".into())),
+        }
     }
 }
 
@@ -510,4 +607,78 @@ async fn write_index(conn: &mut SqliteConnection, rid: i64, index: &[(&'static s
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, Arc<SqliteStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            DatabaseConfig { url: format!("sqlite://{}/t.db", dir.path().display()), ..DatabaseConfig::default() };
+        let store = SqliteStore::open(&config).await.unwrap();
+        (dir, Arc::new(store))
+    }
+
+    async fn put(store: &SqliteStore, id: &str, commit: bool) {
+        let mut tx = store.begin().await.unwrap();
+        let body = format!("{{\"resourceType\":\"Patient\",\"id\":\"{id}\"}}");
+        let v = NewVersion {
+            ty: "Patient",
+            id,
+            version: 1,
+            last_updated_ms: 1,
+            method: "POST",
+            body: &body,
+            index: vec![],
+        };
+        tx.put(v).await.unwrap();
+        if commit {
+            tx.commit().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_transaction_is_rolled_back_without_harming_its_neighbours() {
+        let (_dir, store) = store().await;
+        put(&store, "a", true).await;
+        put(&store, "b", false).await;
+        put(&store, "c", true).await;
+        assert!(store.read("Patient", "a").await.unwrap().is_some());
+        assert!(store.read("Patient", "b").await.unwrap().is_none());
+        assert!(store.read("Patient", "c").await.unwrap().is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_commits_share_syncs_and_all_become_visible() {
+        let (_dir, store) = store().await;
+        let tasks: Vec<_> = (0..50)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move { put(&store, &format!("p{i}"), true).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        for i in 0..50 {
+            assert!(store.read("Patient", &format!("p{i}")).await.unwrap().is_some(), "p{i} missing");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_version_fails_alone() {
+        let (_dir, store) = store().await;
+        put(&store, "a", true).await;
+        let mut tx = store.begin().await.unwrap();
+        let body = "{}";
+        let dup =
+            NewVersion { ty: "Patient", id: "a", version: 1, last_updated_ms: 1, method: "PUT", body, index: vec![] };
+        assert!(matches!(tx.put(dup).await, Err(StoreError::Conflict(_))));
+        drop(tx);
+        put(&store, "after", true).await;
+        assert!(store.read("Patient", "after").await.unwrap().is_some());
+        assert_eq!(store.read("Patient", "a").await.unwrap().unwrap().version, 1);
+    }
 }
