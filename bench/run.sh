@@ -14,7 +14,8 @@
 # Environment: BENCH_DURATION (seconds per test), BENCH_TOKEN (sent as
 # `Authorization: Bearer …`), BENCH_SEED, BENCH_CATEGORY (search.lua);
 # NARA_* variables reach the gateway (e.g. NARA_DATABASE__SQLITE_SYNCHRONOUS).
-set -euo pipefail
+set -Eeuo pipefail
+trap 'echo "run.sh: line $LINENO: \`$BASH_COMMAND\` failed" >&2' ERR
 
 usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -163,7 +164,7 @@ scenario() {
   rss=$(status_kb VmRSS)
   stop_gateway
   local db_kb
-  db_kb=$(du -sk "$db" "$db-wal" 2>/dev/null | awk '{ s += $1 } END { print s + 0 }')
+  db_kb=$( (du -sk "$db" "$db-wal" 2>/dev/null || true) | awk '{ s += $1 } END { print s + 0 }')
   # With a filled store: restart on the same file.
   start_gateway "$db" "$name-restart"
   local warm_listen=$listen_ms warm_ready=$ready_ms warm_rss

@@ -151,62 +151,41 @@ pub trait StoreTx: Send {
     async fn commit(self: Box<Self>) -> StoreResult<()>;
 }
 
-/// Flattens index values into rows per index table: `(table, column count, rows)`.
-/// The column order matches the table definitions in `migrations/`.
-pub(crate) fn index_rows(
-    rid: i64,
-    index: &[(&'static str, IndexValue)],
-) -> Vec<(&'static str, usize, Vec<Vec<sql::Arg>>)> {
+/// The index table of a value and its columns after `rid` and `param`, in
+/// the order of the table definitions in `migrations/`.
+pub(crate) fn index_columns(v: &IndexValue) -> (plan::IndexTable, Vec<sql::Arg>) {
+    use plan::IndexTable;
     use sql::Arg;
     let text = |s: &Option<String>| s.as_ref().map_or(Arg::Null, |s| Arg::Text(s.clone()));
-    let mut token = Vec::new();
-    let mut string = Vec::new();
-    let mut date = Vec::new();
-    let mut reference = Vec::new();
-    let mut number = Vec::new();
-    let mut quantity = Vec::new();
-    let mut uri = Vec::new();
-    for (param, v) in index {
-        let p = Arg::Text((*param).to_owned());
-        match v {
-            IndexValue::Token { system, code, text: t } => token.push(vec![
-                Arg::Int(rid),
-                p,
+    match v {
+        IndexValue::Token { system, code, text: t } => (
+            IndexTable::Token,
+            vec![
                 text(system),
                 text(code),
                 t.as_deref().map_or(Arg::Null, |t| Arg::Text(crate::fhir::search::values::normalize_string(t))),
-            ]),
-            IndexValue::String { exact, normalized } => {
-                string.push(vec![Arg::Int(rid), p, Arg::Text(normalized.clone()), Arg::Text(exact.clone())])
-            }
-            IndexValue::Date { low, high } => date.push(vec![Arg::Int(rid), p, Arg::Int(*low), Arg::Int(*high)]),
-            IndexValue::Reference { reference: r, target_type, target_id, identifier } => reference.push(vec![
-                Arg::Int(rid),
-                p,
-                text(r),
+            ],
+        ),
+        IndexValue::String { exact, normalized } => {
+            (IndexTable::String, vec![Arg::Text(normalized.clone()), Arg::Text(exact.clone())])
+        }
+        IndexValue::Date { low, high } => (IndexTable::Date, vec![Arg::Int(*low), Arg::Int(*high)]),
+        IndexValue::Reference { reference, target_type, target_id, identifier } => (
+            IndexTable::Reference,
+            vec![
+                text(reference),
                 text(target_type),
                 text(target_id),
                 identifier.as_ref().map_or(Arg::Null, |(s, _)| text(s)),
                 identifier.as_ref().map_or(Arg::Null, |(_, v)| Arg::Text(v.clone())),
-            ]),
-            IndexValue::Number { text: t, value } => {
-                number.push(vec![Arg::Int(rid), p, Arg::Real(*value), Arg::Text(t.clone())])
-            }
-            IndexValue::Quantity { value, system, code, unit, .. } => {
-                quantity.push(vec![Arg::Int(rid), p, Arg::Real(*value), text(system), text(code), text(unit)])
-            }
-            IndexValue::Uri(u) => uri.push(vec![Arg::Int(rid), p, Arg::Text(u.clone())]),
+            ],
+        ),
+        IndexValue::Number { text: t, value } => (IndexTable::Number, vec![Arg::Real(*value), Arg::Text(t.clone())]),
+        IndexValue::Quantity { value, system, code, unit, .. } => {
+            (IndexTable::Quantity, vec![Arg::Real(*value), text(system), text(code), text(unit)])
         }
+        IndexValue::Uri(u) => (IndexTable::Uri, vec![Arg::Text(u.clone())]),
     }
-    vec![
-        ("idx_token", 5, token),
-        ("idx_string", 4, string),
-        ("idx_date", 4, date),
-        ("idx_reference", 7, reference),
-        ("idx_number", 4, number),
-        ("idx_quantity", 6, quantity),
-        ("idx_uri", 3, uri),
-    ]
 }
 
 /// Opens the backend the URL names and brings its schema up to date.

@@ -123,7 +123,14 @@ pub fn search_ids(plan: &SearchPlan) -> Sql {
 }
 
 fn where_clause(sql: &mut Sql, plan: &SearchPlan, alias: &str) {
-    sql.push(alias).push(".res_type = ").text_arg(&plan.ty);
+    // With a selective filter to drive the query, the type test must not use
+    // the (res_type, …) index: that would walk every resource of the type.
+    // `res_type || ''` keeps the meaning and hides the column from the planner.
+    if driver(&plan.filters).is_some() {
+        sql.push("(").push(alias).push(".res_type || '') = ").text_arg(&plan.ty);
+    } else {
+        sql.push(alias).push(".res_type = ").text_arg(&plan.ty);
+    }
     sql.push(" AND ").push(alias).push(".deleted = 0");
     conditions(sql, &plan.filters, alias);
 }
@@ -137,15 +144,20 @@ enum Mode {
     Check,
 }
 
-/// Appends ` AND <filter>` for each filter; the most selective one drives.
-fn conditions(sql: &mut Sql, filters: &[Filter], alias: &str) {
-    let driver = filters
+/// The filter that should drive the query: the most selective one, if any can.
+fn driver(filters: &[Filter]) -> Option<usize> {
+    filters
         .iter()
         .enumerate()
         .map(|(i, f)| (i, selectivity(f)))
         .filter(|(_, score)| *score > 0)
         .max_by_key(|(i, score)| (*score, std::cmp::Reverse(*i)))
-        .map(|(i, _)| i);
+        .map(|(i, _)| i)
+}
+
+/// Appends ` AND <filter>` for each filter; the most selective one drives.
+fn conditions(sql: &mut Sql, filters: &[Filter], alias: &str) {
+    let driver = driver(filters);
     for (i, f) in filters.iter().enumerate() {
         sql.push(" AND ");
         filter(sql, f, alias, if Some(i) == driver { Mode::Drive } else { Mode::Check });
@@ -271,7 +283,8 @@ fn atom(sql: &mut Sql, a: &Atom, alias: &str, mode: Mode) {
             // most selective filter), then the references pointing at them.
             open_in(sql, alias, IndexTable::Reference, param, mode);
             sql.push("target_type = ").text_arg(ty);
-            sql.push(" AND target_id IN (SELECT t.res_id FROM resources t WHERE t.res_type = ").text_arg(ty);
+            let hide = if driver(filters).is_some() { "(t.res_type || '')" } else { "t.res_type" };
+            sql.push(" AND target_id IN (SELECT t.res_id FROM resources t WHERE ").push(hide).push(" = ").text_arg(ty);
             sql.push(" AND t.deleted = 0");
             conditions(sql, filters, "t");
             sql.push("))");

@@ -145,6 +145,7 @@ impl SqliteStore {
         migrate(&mut conn).await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(config.max_connections)
+            .test_before_acquire(false)
             .min_connections(1)
             .connect_with(base.clone().pragma("query_only", "1"))
             .await?;
@@ -481,9 +482,9 @@ impl StoreTx for SqliteTx {
 
     async fn put(&mut self, v: NewVersion<'_>) -> StoreResult<()> {
         let conn = self.conn();
-        let vid: i64 = sqlx::query_scalar(
+        sqlx::query(
             "INSERT INTO versions (res_type, res_id, version, last_updated_ms, deleted, method, body) \
-             VALUES (?, ?, ?, ?, 0, ?, ?) RETURNING vid",
+             VALUES (?, ?, ?, ?, 0, ?, ?)",
         )
         .bind(v.ty)
         .bind(v.id)
@@ -491,27 +492,24 @@ impl StoreTx for SqliteTx {
         .bind(v.last_updated_ms)
         .bind(v.method)
         .bind(v.body)
-        .fetch_one(&mut *conn)
+        .execute(&mut *conn)
         .await
         .map_err(err)?;
-        let rid = upsert_current(conn, v.ty, v.id, v.version, vid, v.last_updated_ms, false).await?;
-        write_index(conn, rid, &v.index).await
+        write_index(conn, v.ty, v.id, &v.index).await
     }
 
     async fn delete(&mut self, ty: &str, id: &str, version: i64, at_ms: i64) -> StoreResult<()> {
-        let conn = self.conn();
-        let vid: i64 = sqlx::query_scalar(
+        sqlx::query(
             "INSERT INTO versions (res_type, res_id, version, last_updated_ms, deleted, method, body) \
-             VALUES (?, ?, ?, ?, 1, 'DELETE', '') RETURNING vid",
+             VALUES (?, ?, ?, ?, 1, 'DELETE', '')",
         )
         .bind(ty)
         .bind(id)
         .bind(version)
         .bind(at_ms)
-        .fetch_one(&mut *conn)
+        .execute(self.conn())
         .await
         .map_err(err)?;
-        upsert_current(conn, ty, id, version, vid, at_ms, true).await?;
         Ok(())
     }
 
@@ -531,80 +529,36 @@ impl StoreTx for SqliteTx {
     }
 }
 
-/// Points `resources` at the new version and clears the old index rows; returns the row id.
-async fn upsert_current(
+/// Columns of `idx_input` after the kind: res_type, res_id, param and five values.
+const INPUT_COLUMNS: usize = 9;
+/// Rows per statement, well below SQLite's limit of bound variables.
+const INPUT_ROWS_PER_STATEMENT: usize = 300;
+
+/// Inserts every index row through the `idx_input` view in one statement
+/// (its triggers route the rows to their tables; see the migration).
+async fn write_index(
     conn: &mut SqliteConnection,
     ty: &str,
     id: &str,
-    version: i64,
-    vid: i64,
-    at_ms: i64,
-    deleted: bool,
-) -> StoreResult<i64> {
-    let existing: Option<i64> = sqlx::query_scalar("SELECT rid FROM resources WHERE res_type = ? AND res_id = ?")
-        .bind(ty)
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(err)?;
-    match existing {
-        Some(rid) => {
-            sqlx::query("UPDATE resources SET version = ?, vid = ?, last_updated_ms = ?, deleted = ? WHERE rid = ?")
-                .bind(version)
-                .bind(vid)
-                .bind(at_ms)
-                .bind(deleted as i64)
-                .bind(rid)
-                .execute(&mut *conn)
-                .await
-                .map_err(err)?;
-            for table in INDEX_TABLES {
-                sqlx::query(&format!("DELETE FROM {table} WHERE rid = ?"))
-                    .bind(rid)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(err)?;
+    index: &[(&'static str, IndexValue)],
+) -> StoreResult<()> {
+    for chunk in index.chunks(INPUT_ROWS_PER_STATEMENT) {
+        let mut text = String::from("INSERT INTO idx_input (kind, res_type, res_id, param, a, b, c, d, e) VALUES ");
+        let mut args = Vec::with_capacity(chunk.len() * INPUT_COLUMNS);
+        for (i, (param, value)) in chunk.iter().enumerate() {
+            if i > 0 {
+                text.push_str(", ");
             }
-            Ok(rid)
+            text.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?)");
+            let (table, mut columns) = super::index_columns(value);
+            columns.resize(5, Arg::Null);
+            args.push(Arg::Text(table.name().to_owned()));
+            args.push(Arg::Text(ty.to_owned()));
+            args.push(Arg::Text(id.to_owned()));
+            args.push(Arg::Text((*param).to_owned()));
+            args.extend(columns);
         }
-        None => sqlx::query_scalar(
-            "INSERT INTO resources (res_type, res_id, version, vid, last_updated_ms, deleted) \
-             VALUES (?, ?, ?, ?, ?, ?) RETURNING rid",
-        )
-        .bind(ty)
-        .bind(id)
-        .bind(version)
-        .bind(vid)
-        .bind(at_ms)
-        .bind(deleted as i64)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(err),
-    }
-}
-
-const INDEX_TABLES: [&str; 7] =
-    ["idx_token", "idx_string", "idx_date", "idx_reference", "idx_number", "idx_quantity", "idx_uri"];
-
-/// Inserts the index rows, one multi-row statement per table.
-async fn write_index(conn: &mut SqliteConnection, rid: i64, index: &[(&'static str, IndexValue)]) -> StoreResult<()> {
-    for (table, columns, rows) in super::index_rows(rid, index) {
-        if rows.is_empty() {
-            continue;
-        }
-        // SQLite allows 32766 bound variables; stay well below in chunks.
-        for chunk in rows.chunks(256) {
-            let mut text = format!("INSERT INTO {table} VALUES ");
-            let placeholders = format!("({})", vec!["?"; columns].join(", "));
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    text.push_str(", ");
-                }
-                text.push_str(&placeholders);
-            }
-            let args: Vec<Arg> = chunk.iter().flatten().cloned().collect();
-            bind_all(sqlx::query(&text), &args).execute(&mut *conn).await.map_err(err)?;
-        }
+        bind_all(sqlx::query(&text), &args).execute(&mut *conn).await.map_err(err)?;
     }
     Ok(())
 }

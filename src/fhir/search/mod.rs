@@ -460,6 +460,11 @@ fn chain(
 
 /// Parses the criteria of a conditional operation (`If-None-Exist`, `PUT Type?…`): no paging or result parameters.
 pub fn parse_conditional(ty: &str, criteria: &str, cfg: &FhirConfig, base: &str) -> Result<SearchPlan, ApiError> {
+    // Some clients send `Patient?identifier=…` rather than just the query.
+    let criteria = match criteria.split_once('?') {
+        Some((prefix, query)) if prefix.is_empty() || prefix.ends_with(ty) => query,
+        _ => criteria,
+    };
     let pairs = parse_query_string(criteria);
     if pairs.is_empty() {
         return Err(ApiError::PreconditionFailed("conditional operation without search criteria".into()));
@@ -578,6 +583,14 @@ mod tests {
         };
         assert_eq!(i[0].expression.as_deref(), Some("date"));
         assert!(parse("Observation", &q(&[("_sort", "nope")]), &cfg(), true, "").is_err());
+    }
+
+    #[test]
+    fn conditional_criteria_may_carry_the_type() {
+        let a = parse_conditional("Patient", "identifier=x|1", &cfg(), "").unwrap();
+        let b = parse_conditional("Patient", "Patient?identifier=x|1", &cfg(), "").unwrap();
+        assert_eq!(format!("{:?}", a.filters), format!("{:?}", b.filters));
+        assert!(parse_conditional("Patient", "", &cfg(), "").is_err());
     }
 
     #[test]
