@@ -68,8 +68,8 @@ CREATE TABLE idx_reference (
     id_value    TEXT
 );
 CREATE INDEX idx_reference_target ON idx_reference (target_id, param, target_type);
-CREATE INDEX idx_reference_ref ON idx_reference (ref);
-CREATE INDEX idx_reference_identifier ON idx_reference (id_value);
+-- Logical references (by identifier) are rare: only they enter this index.
+CREATE INDEX idx_reference_identifier ON idx_reference (id_value) WHERE id_value IS NOT NULL;
 CREATE INDEX idx_reference_rid ON idx_reference (rid, param);
 
 CREATE TABLE idx_number (

@@ -271,6 +271,11 @@ fn atom(sql: &mut Sql, a: &Atom, alias: &str, mode: Mode) {
         }
         Atom::ReferenceUrl { param, url } => {
             open_in(sql, alias, IndexTable::Reference, param, mode);
+            // An absolute `…/Type/id` URL is found through the target index;
+            // other URLs (urn:, canonicals) by the reference text alone.
+            if let Some((_, id)) = crate::fhir::search::extract::parse_reference(url) {
+                sql.push("target_id = ").text_arg(id).push(" AND ");
+            }
             sql.push("ref = ").text_arg(url).push(")");
         }
         Atom::ReferenceIdentifier { param, query } => {

@@ -411,13 +411,7 @@ impl Store for SqliteStore {
     async fn begin(&self) -> StoreResult<Box<dyn StoreTx>> {
         let mut guard = self.writer.clone().lock_owned().await;
         guard.discard_abandoned().await.map_err(err)?;
-        if !guard.outer {
-            guard.conn.execute("BEGIN IMMEDIATE").await.map_err(err)?;
-            guard.outer = true;
-        }
-        guard.conn.execute("SAVEPOINT tx").await.map_err(err)?;
-        guard.abandoned = true;
-        Ok(Box::new(SqliteTx { guard, flush: self.flush.clone() }))
+        Ok(Box::new(SqliteTx { guard, flush: self.flush.clone(), started: false, pending: Sql::default() }))
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -446,24 +440,70 @@ fn push_rid_list(sql: &mut Sql, rows: &[Stored]) {
 
 /// A logical transaction: a savepoint on the writer connection, holding its lock.
 /// Dropped without `commit`, it is rolled back before the next writer runs.
+///
+/// Writes are buffered and sent to SQLite together with the savepoint and its
+/// release, so a create costs one round trip to the connection's worker
+/// thread (sqlx runs each SQLite connection on a thread of its own). A read
+/// inside the transaction first sends what is buffered, so it sees it.
 struct SqliteTx {
     guard: OwnedMutexGuard<Writer>,
     flush: Arc<Notify>,
+    /// The savepoint exists in the database.
+    started: bool,
+    /// Statements (`;`-separated) and arguments not yet sent.
+    pending: Sql,
 }
 
 impl SqliteTx {
-    fn conn(&mut self) -> &mut SqliteConnection {
-        &mut self.guard.conn
+    fn push(&mut self, statement: &str, args: impl IntoIterator<Item = Arg>) {
+        self.pending.text.push_str(statement);
+        self.pending.text.push_str(";\n");
+        self.pending.args.extend(args);
+    }
+
+    /// Sends the buffered statements (opening the outer transaction and the
+    /// savepoint first when needed) in one round trip.
+    async fn send(&mut self) -> StoreResult<()> {
+        let mut text = String::new();
+        if !self.guard.outer {
+            text.push_str("BEGIN IMMEDIATE;\n");
+        }
+        if !self.started {
+            text.push_str("SAVEPOINT tx;\n");
+        }
+        if text.is_empty() && self.pending.text.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        text.push_str(&pending.text);
+        // From here on, whatever part ran must be undone if the rest fails.
+        self.guard.outer = true;
+        self.guard.abandoned = true;
+        self.started = true;
+        bind_all(sqlx::query(&text), &pending.args).execute(&mut self.guard.conn).await.map_err(err)?;
+        Ok(())
+    }
+}
+
+impl Drop for SqliteTx {
+    fn drop(&mut self) {
+        // Dropped without commit after reaching the database: let the flusher
+        // roll it back and close the outer transaction instead of waiting for
+        // the next writer.
+        if self.guard.abandoned {
+            self.flush.notify_one();
+        }
     }
 }
 
 #[async_trait]
 impl StoreTx for SqliteTx {
     async fn current(&mut self, ty: &str, id: &str) -> StoreResult<Option<Current>> {
+        self.send().await?;
         let row = sqlx::query("SELECT version, deleted FROM resources WHERE res_type = ? AND res_id = ?")
             .bind(ty)
             .bind(id)
-            .fetch_optional(self.conn())
+            .fetch_optional(&mut self.guard.conn)
             .await
             .map_err(err)?;
         row.map(|r| -> Result<Current, sqlx::Error> {
@@ -474,52 +514,57 @@ impl StoreTx for SqliteTx {
     }
 
     async fn find_ids(&mut self, plan: &SearchPlan) -> StoreResult<Vec<String>> {
+        self.send().await?;
         let sql = sql::search_ids(plan);
         let text = sql.render(Dialect::Sqlite);
-        let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(self.conn()).await.map_err(err)?;
+        let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(&mut self.guard.conn).await.map_err(err)?;
         rows.iter().map(|r| r.try_get::<String, _>(0)).collect::<Result<_, _>>().map_err(err)
     }
 
     async fn put(&mut self, v: NewVersion<'_>) -> StoreResult<()> {
-        let conn = self.conn();
-        sqlx::query(
+        self.push(
             "INSERT INTO versions (res_type, res_id, version, last_updated_ms, deleted, method, body) \
              VALUES (?, ?, ?, ?, 0, ?, ?)",
-        )
-        .bind(v.ty)
-        .bind(v.id)
-        .bind(v.version)
-        .bind(v.last_updated_ms)
-        .bind(v.method)
-        .bind(v.body)
-        .execute(&mut *conn)
-        .await
-        .map_err(err)?;
-        write_index(conn, v.ty, v.id, &v.index).await
-    }
-
-    async fn delete(&mut self, ty: &str, id: &str, version: i64, at_ms: i64) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO versions (res_type, res_id, version, last_updated_ms, deleted, method, body) \
-             VALUES (?, ?, ?, ?, 1, 'DELETE', '')",
-        )
-        .bind(ty)
-        .bind(id)
-        .bind(version)
-        .bind(at_ms)
-        .execute(self.conn())
-        .await
-        .map_err(err)?;
+            [
+                Arg::Text(v.ty.to_owned()),
+                Arg::Text(v.id.to_owned()),
+                Arg::Int(v.version),
+                Arg::Int(v.last_updated_ms),
+                Arg::Text(v.method.to_owned()),
+                Arg::Text(v.body.to_owned()),
+            ],
+        );
+        for chunk in v.index.chunks(INPUT_ROWS_PER_STATEMENT) {
+            let (text, args) = index_insert(v.ty, v.id, chunk);
+            self.push(&text, args);
+        }
+        // Keep the statement, and the variables bound in one go, within SQLite's limits.
+        if self.pending.args.len() > 20_000 {
+            self.send().await?;
+        }
         Ok(())
     }
 
-    async fn commit(self: Box<Self>) -> StoreResult<()> {
-        let SqliteTx { mut guard, flush } = *self;
-        guard.conn.execute("RELEASE tx").await.map_err(err)?;
-        guard.abandoned = false;
+    async fn delete(&mut self, ty: &str, id: &str, version: i64, at_ms: i64) -> StoreResult<()> {
+        self.push(
+            "INSERT INTO versions (res_type, res_id, version, last_updated_ms, deleted, method, body) \
+             VALUES (?, ?, ?, ?, 1, 'DELETE', '')",
+            [Arg::Text(ty.to_owned()), Arg::Text(id.to_owned()), Arg::Int(version), Arg::Int(at_ms)],
+        );
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> StoreResult<()> {
+        if !self.started && self.pending.text.is_empty() {
+            return Ok(()); // nothing was read or written
+        }
+        self.push("RELEASE tx", []);
+        self.send().await?;
+        self.guard.abandoned = false;
         let (done, result) = oneshot::channel();
-        guard.waiters.push(done);
-        drop(guard);
+        self.guard.waiters.push(done);
+        let flush = self.flush.clone();
+        drop(self);
         flush.notify_one();
         match result.await {
             Ok(Ok(())) => Ok(()),
@@ -534,33 +579,25 @@ const INPUT_COLUMNS: usize = 9;
 /// Rows per statement, well below SQLite's limit of bound variables.
 const INPUT_ROWS_PER_STATEMENT: usize = 300;
 
-/// Inserts every index row through the `idx_input` view in one statement
-/// (its triggers route the rows to their tables; see the migration).
-async fn write_index(
-    conn: &mut SqliteConnection,
-    ty: &str,
-    id: &str,
-    index: &[(&'static str, IndexValue)],
-) -> StoreResult<()> {
-    for chunk in index.chunks(INPUT_ROWS_PER_STATEMENT) {
-        let mut text = String::from("INSERT INTO idx_input (kind, res_type, res_id, param, a, b, c, d, e) VALUES ");
-        let mut args = Vec::with_capacity(chunk.len() * INPUT_COLUMNS);
-        for (i, (param, value)) in chunk.iter().enumerate() {
-            if i > 0 {
-                text.push_str(", ");
-            }
-            text.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?)");
-            let (table, mut columns) = super::index_columns(value);
-            columns.resize(5, Arg::Null);
-            args.push(Arg::Text(table.name().to_owned()));
-            args.push(Arg::Text(ty.to_owned()));
-            args.push(Arg::Text(id.to_owned()));
-            args.push(Arg::Text((*param).to_owned()));
-            args.extend(columns);
+/// One statement inserting index rows through the `idx_input` view (its
+/// triggers route the rows to their tables; see the migration).
+fn index_insert(ty: &str, id: &str, rows: &[(&'static str, IndexValue)]) -> (String, Vec<Arg>) {
+    let mut text = String::from("INSERT INTO idx_input (kind, res_type, res_id, param, a, b, c, d, e) VALUES ");
+    let mut args = Vec::with_capacity(rows.len() * INPUT_COLUMNS);
+    for (i, (param, value)) in rows.iter().enumerate() {
+        if i > 0 {
+            text.push_str(", ");
         }
-        bind_all(sqlx::query(&text), &args).execute(&mut *conn).await.map_err(err)?;
+        text.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?)");
+        let (table, mut columns) = super::index_columns(value);
+        columns.resize(5, Arg::Null);
+        args.push(Arg::Text(table.name().to_owned()));
+        args.push(Arg::Text(ty.to_owned()));
+        args.push(Arg::Text(id.to_owned()));
+        args.push(Arg::Text((*param).to_owned()));
+        args.extend(columns);
     }
-    Ok(())
+    (text, args)
 }
 
 #[cfg(test)]
@@ -629,8 +666,12 @@ mod tests {
         let body = "{}";
         let dup =
             NewVersion { ty: "Patient", id: "a", version: 1, last_updated_ms: 1, method: "PUT", body, index: vec![] };
-        assert!(matches!(tx.put(dup).await, Err(StoreError::Conflict(_))));
-        drop(tx);
+        // Writes are buffered: the conflict shows at put or, at the latest, at commit.
+        let result = match tx.put(dup).await {
+            Ok(()) => tx.commit().await,
+            Err(e) => Err(e),
+        };
+        assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
         put(&store, "after", true).await;
         assert!(store.read("Patient", "after").await.unwrap().is_some());
         assert_eq!(store.read("Patient", "a").await.unwrap().unwrap().version, 1);
