@@ -11,20 +11,6 @@ use crate::{
     json::Value,
 };
 
-fn type_name(kind: ParamType) -> &'static str {
-    match kind {
-        ParamType::Number => "number",
-        ParamType::Date => "date",
-        ParamType::String => "string",
-        ParamType::Token => "token",
-        ParamType::Reference => "reference",
-        ParamType::Composite => "composite",
-        ParamType::Quantity => "quantity",
-        ParamType::Uri => "uri",
-        ParamType::Special => "special",
-    }
-}
-
 /// The statement for a server reachable at `base`.
 pub fn statement(base: &str, started: &str) -> Value {
     let resources: Vec<serde_json::Value> = RESOURCE_TYPES
@@ -36,7 +22,7 @@ pub fn statement(base: &str, started: &str) -> Value {
                 json!({"name": "_lastUpdated", "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated", "type": "date"}),
             ];
             search_params.extend(defs.iter().map(|d| {
-                json!({"name": d.code, "definition": d.url, "type": type_name(d.kind), "documentation": d.description})
+                json!({"name": d.code, "definition": d.url, "type": d.kind.as_str(), "documentation": d.description})
             }));
             let includes: Vec<String> = defs
                 .iter()

@@ -6,7 +6,10 @@
 
 use crate::fhir::search::values::{Prefix, TokenQuery};
 
-use super::plan::{Atom, Cursor, CursorValue, Filter, IndexTable, SearchPlan, Sort, SortKey, StringMode};
+use super::{
+    Stored,
+    plan::{Atom, Cursor, CursorValue, Filter, IndexTable, SearchPlan, Sort, SortKey, StringMode},
+};
 
 /// The SQL flavour to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +122,46 @@ pub fn search_ids(plan: &SearchPlan) -> Sql {
     sql.push("SELECT r.res_id FROM resources r WHERE ");
     where_clause(&mut sql, plan, "r");
     sql.push(" ORDER BY r.rid LIMIT ").int(plan.count as i64);
+    sql
+}
+
+/// Current resources that `rows` reference through `param` (an `_include`).
+pub fn include_query(rows: &[Stored], param: &str, target_type: Option<&str>, limit: usize) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("SELECT ").push(ROW_COLUMNS);
+    sql.push(" FROM resources r JOIN versions v ON v.vid = r.vid WHERE r.deleted = 0 AND r.rid IN (SELECT t.rid FROM idx_reference x JOIN resources t ON t.res_type = x.target_type AND t.res_id = x.target_id WHERE x.param = ")
+        .text_arg(param)
+        .push(" AND x.rid IN (");
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.int(r.rid);
+    }
+    sql.push(")");
+    if let Some(t) = target_type {
+        sql.push(" AND x.target_type = ").text_arg(t);
+    }
+    sql.push(") ORDER BY r.rid LIMIT ").int(limit as i64);
+    sql
+}
+
+/// Current resources of `source_type` referencing `rows` through `param` (a `_revinclude`).
+pub fn revinclude_query(rows: &[Stored], source_type: &str, param: &str, limit: usize) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("SELECT ").push(ROW_COLUMNS);
+    sql.push(" FROM resources r JOIN versions v ON v.vid = r.vid WHERE r.res_type = ")
+        .text_arg(source_type)
+        .push(" AND r.deleted = 0 AND r.rid IN (SELECT x.rid FROM idx_reference x WHERE x.param = ")
+        .text_arg(param)
+        .push(" AND (");
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            sql.push(" OR ");
+        }
+        sql.push("(x.target_id = ").text_arg(&r.id).push(" AND x.target_type = ").text_arg(&r.ty).push(")");
+    }
+    sql.push(")) ORDER BY r.rid LIMIT ").int(limit as i64);
     sql
 }
 

@@ -359,22 +359,7 @@ impl Store for SqliteStore {
         if rows.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let mut sql = Sql {
-            text: format!(
-                "SELECT {ROW_COLUMNS} FROM resources r JOIN versions v ON v.vid = r.vid WHERE r.deleted = 0 AND r.rid IN \
-                 (SELECT t.rid FROM idx_reference x JOIN resources t ON t.res_type = x.target_type AND t.res_id = x.target_id \
-                 WHERE x.param = ? AND x.rid IN ("
-            ),
-            args: vec![Arg::Text(param.to_owned())],
-        };
-        push_rid_list(&mut sql, rows);
-        sql.text.push(')');
-        if let Some(t) = target_type {
-            sql.text.push_str(" AND x.target_type = ?");
-            sql.args.push(Arg::Text(t.to_owned()));
-        }
-        sql.text.push_str(") ORDER BY r.rid LIMIT ?");
-        sql.args.push(Arg::Int(limit as i64));
+        let sql = sql::include_query(rows, param, target_type, limit);
         self.fetch_rows(&sql).await
     }
 
@@ -388,23 +373,7 @@ impl Store for SqliteStore {
         if rows.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let mut sql = Sql {
-            text: format!(
-                "SELECT {ROW_COLUMNS} FROM resources r JOIN versions v ON v.vid = r.vid WHERE r.res_type = ? AND r.deleted = 0 \
-                 AND r.rid IN (SELECT x.rid FROM idx_reference x WHERE x.param = ? AND ("
-            ),
-            args: vec![Arg::Text(source_type.to_owned()), Arg::Text(param.to_owned())],
-        };
-        for (i, row) in rows.iter().enumerate() {
-            if i > 0 {
-                sql.text.push_str(" OR ");
-            }
-            sql.text.push_str("(x.target_id = ? AND x.target_type = ?)");
-            sql.args.push(Arg::Text(row.id.clone()));
-            sql.args.push(Arg::Text(row.ty.clone()));
-        }
-        sql.text.push_str(")) ORDER BY r.rid LIMIT ?");
-        sql.args.push(Arg::Int(limit as i64));
+        let sql = sql::revinclude_query(rows, source_type, param, limit);
         self.fetch_rows(&sql).await
     }
 
@@ -425,16 +394,6 @@ impl SqliteStore {
         let text = sql.render(Dialect::Sqlite);
         let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(&self.readers).await.map_err(err)?;
         rows.iter().map(stored).collect::<Result<_, _>>().map_err(err)
-    }
-}
-
-fn push_rid_list(sql: &mut Sql, rows: &[Stored]) {
-    for (i, r) in rows.iter().enumerate() {
-        if i > 0 {
-            sql.text.push(',');
-        }
-        sql.text.push('?');
-        sql.args.push(Arg::Int(r.rid));
     }
 }
 
