@@ -13,7 +13,6 @@ CREATE TABLE versions (
     UNIQUE (res_type, res_id, version)
 );
 CREATE INDEX versions_by_type ON versions (res_type, vid);
-CREATE INDEX versions_by_time ON versions (last_updated_ms);
 
 -- The current version of every resource that ever existed.
 CREATE TABLE resources (
@@ -99,66 +98,3 @@ CREATE TABLE idx_uri (
 );
 CREATE INDEX idx_uri_value ON idx_uri (param, uri);
 CREATE INDEX idx_uri_rid ON idx_uri (rid, param);
-
--- Writing a version takes two statements, so a write holds the single writer
--- connection as briefly as possible:
--- 1. INSERT INTO versions: this trigger points `resources` at the new
---    version (inserting the row for a new resource) and drops the old index;
--- 2. one INSERT INTO idx_input with every index row of the version, which
---    the INSTEAD OF triggers below route to their tables.
-CREATE TRIGGER versions_make_current AFTER INSERT ON versions
-BEGIN
-    INSERT INTO resources (res_type, res_id, version, vid, last_updated_ms, deleted)
-    VALUES (NEW.res_type, NEW.res_id, NEW.version, NEW.vid, NEW.last_updated_ms, NEW.deleted)
-    ON CONFLICT (res_type, res_id) DO UPDATE SET
-        version = excluded.version,
-        vid = excluded.vid,
-        last_updated_ms = excluded.last_updated_ms,
-        deleted = excluded.deleted;
-    DELETE FROM idx_token WHERE rid = (SELECT rid FROM resources WHERE res_type = NEW.res_type AND res_id = NEW.res_id);
-    DELETE FROM idx_string WHERE rid = (SELECT rid FROM resources WHERE res_type = NEW.res_type AND res_id = NEW.res_id);
-    DELETE FROM idx_date WHERE rid = (SELECT rid FROM resources WHERE res_type = NEW.res_type AND res_id = NEW.res_id);
-    DELETE FROM idx_reference WHERE rid = (SELECT rid FROM resources WHERE res_type = NEW.res_type AND res_id = NEW.res_id);
-    DELETE FROM idx_number WHERE rid = (SELECT rid FROM resources WHERE res_type = NEW.res_type AND res_id = NEW.res_id);
-    DELETE FROM idx_quantity WHERE rid = (SELECT rid FROM resources WHERE res_type = NEW.res_type AND res_id = NEW.res_id);
-    DELETE FROM idx_uri WHERE rid = (SELECT rid FROM resources WHERE res_type = NEW.res_type AND res_id = NEW.res_id);
-END;
-
-CREATE VIEW idx_input (kind, res_type, res_id, param, a, b, c, d, e) AS
-    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE 0;
-
-CREATE TRIGGER idx_input_token INSTEAD OF INSERT ON idx_input WHEN NEW.kind = 'idx_token'
-BEGIN
-    INSERT INTO idx_token (rid, param, system, code, text_norm)
-    SELECT rid, NEW.param, NEW.a, NEW.b, NEW.c FROM resources WHERE res_type = NEW.res_type AND res_id = NEW.res_id;
-END;
-CREATE TRIGGER idx_input_string INSTEAD OF INSERT ON idx_input WHEN NEW.kind = 'idx_string'
-BEGIN
-    INSERT INTO idx_string (rid, param, norm, exact)
-    SELECT rid, NEW.param, NEW.a, NEW.b FROM resources WHERE res_type = NEW.res_type AND res_id = NEW.res_id;
-END;
-CREATE TRIGGER idx_input_date INSTEAD OF INSERT ON idx_input WHEN NEW.kind = 'idx_date'
-BEGIN
-    INSERT INTO idx_date (rid, param, low, high)
-    SELECT rid, NEW.param, NEW.a, NEW.b FROM resources WHERE res_type = NEW.res_type AND res_id = NEW.res_id;
-END;
-CREATE TRIGGER idx_input_reference INSTEAD OF INSERT ON idx_input WHEN NEW.kind = 'idx_reference'
-BEGIN
-    INSERT INTO idx_reference (rid, param, ref, target_type, target_id, id_system, id_value)
-    SELECT rid, NEW.param, NEW.a, NEW.b, NEW.c, NEW.d, NEW.e FROM resources WHERE res_type = NEW.res_type AND res_id = NEW.res_id;
-END;
-CREATE TRIGGER idx_input_number INSTEAD OF INSERT ON idx_input WHEN NEW.kind = 'idx_number'
-BEGIN
-    INSERT INTO idx_number (rid, param, value, text)
-    SELECT rid, NEW.param, NEW.a, NEW.b FROM resources WHERE res_type = NEW.res_type AND res_id = NEW.res_id;
-END;
-CREATE TRIGGER idx_input_quantity INSTEAD OF INSERT ON idx_input WHEN NEW.kind = 'idx_quantity'
-BEGIN
-    INSERT INTO idx_quantity (rid, param, value, system, code, unit)
-    SELECT rid, NEW.param, NEW.a, NEW.b, NEW.c, NEW.d FROM resources WHERE res_type = NEW.res_type AND res_id = NEW.res_id;
-END;
-CREATE TRIGGER idx_input_uri INSTEAD OF INSERT ON idx_input WHEN NEW.kind = 'idx_uri'
-BEGIN
-    INSERT INTO idx_uri (rid, param, uri)
-    SELECT rid, NEW.param, NEW.a FROM resources WHERE res_type = NEW.res_type AND res_id = NEW.res_id;
-END;

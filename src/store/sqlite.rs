@@ -26,10 +26,10 @@ use tokio::sync::{Mutex, Notify, OwnedMutexGuard, oneshot};
 use super::{
     Current, HistoryPage, HistoryQuery, NewVersion, SearchPage, SearchPlan, Store, StoreError, StoreResult, StoreTx,
     Stored,
-    plan::{Cursor, CursorValue},
+    plan::{Cursor, CursorValue, IndexTable},
     sql::{self, Arg, CursorKind, Dialect, ROW_COLUMNS, Sql},
 };
-use crate::{config::DatabaseConfig, fhir::search::extract::IndexValue};
+use crate::config::DatabaseConfig;
 
 /// Schema migrations, applied in order and recorded in `schema_migrations`.
 const MIGRATIONS: &[(i64, &str, &str)] =
@@ -414,6 +414,42 @@ struct SqliteTx {
 }
 
 impl SqliteTx {
+    /// Buffers a new version: the version row, the resource row pointing at it
+    /// and, for a resource that existed before, the removal of its old index.
+    #[expect(clippy::too_many_arguments, reason = "the columns of one version row")]
+    fn push_version(&mut self, ty: &str, id: &str, version: i64, at_ms: i64, method: &str, body: &str, deleted: bool) {
+        let key = || [Arg::Text(ty.to_owned()), Arg::Text(id.to_owned())];
+        self.push(
+            "INSERT INTO versions (res_type, res_id, version, last_updated_ms, deleted, method, body) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            key().into_iter().chain([
+                Arg::Int(version),
+                Arg::Int(at_ms),
+                Arg::Int(deleted.into()),
+                Arg::Text(method.to_owned()),
+                Arg::Text(body.to_owned()),
+            ]),
+        );
+        self.push(
+            "INSERT INTO resources (res_type, res_id, version, vid, last_updated_ms, deleted) \
+             VALUES (?, ?, ?, last_insert_rowid(), ?, ?) \
+             ON CONFLICT (res_type, res_id) DO UPDATE SET version = excluded.version, vid = excluded.vid, \
+             last_updated_ms = excluded.last_updated_ms, deleted = excluded.deleted",
+            key().into_iter().chain([Arg::Int(version), Arg::Int(at_ms), Arg::Int(deleted.into())]),
+        );
+        if version > 1 {
+            for table in INDEX_TABLES {
+                self.push(
+                    &format!(
+                        "DELETE FROM {} WHERE rid = (SELECT rid FROM resources WHERE res_type = ? AND res_id = ?)",
+                        table.name()
+                    ),
+                    key(),
+                );
+            }
+        }
+    }
+
     fn push(&mut self, statement: &str, args: impl IntoIterator<Item = Arg>) {
         self.pending.text.push_str(statement);
         self.pending.text.push_str(";\n");
@@ -439,7 +475,14 @@ impl SqliteTx {
         self.guard.outer = true;
         self.guard.abandoned = true;
         self.started = true;
-        bind_all(sqlx::query(&text), &pending.args).execute(&mut self.guard.conn).await.map_err(err)?;
+        // Small texts (one resource's write) repeat and stay prepared in the
+        // statement cache; large ones (Bundles) vary with every transaction
+        // and would fill the cache with big statements, so they are not kept.
+        bind_all(sqlx::query(&text), &pending.args)
+            .persistent(text.len() <= CACHED_WRITE_TEXT)
+            .execute(&mut self.guard.conn)
+            .await
+            .map_err(err)?;
         Ok(())
     }
 }
@@ -481,35 +524,31 @@ impl StoreTx for SqliteTx {
     }
 
     async fn put(&mut self, v: NewVersion<'_>) -> StoreResult<()> {
-        self.push(
-            "INSERT INTO versions (res_type, res_id, version, last_updated_ms, deleted, method, body) \
-             VALUES (?, ?, ?, ?, 0, ?, ?)",
-            [
-                Arg::Text(v.ty.to_owned()),
-                Arg::Text(v.id.to_owned()),
-                Arg::Int(v.version),
-                Arg::Int(v.last_updated_ms),
-                Arg::Text(v.method.to_owned()),
-                Arg::Text(v.body.to_owned()),
-            ],
-        );
-        for chunk in v.index.chunks(INPUT_ROWS_PER_STATEMENT) {
-            let (text, args) = index_insert(v.ty, v.id, chunk);
-            self.push(&text, args);
-        }
-        // Keep the statement, and the variables bound in one go, within SQLite's limits.
-        if self.pending.args.len() > 20_000 {
+        // One resource's statements per round trip: their text then repeats
+        // from resource to resource and stays prepared in the statement cache.
+        if !self.pending.text.is_empty() {
             self.send().await?;
+        }
+        self.push_version(v.ty, v.id, v.version, v.last_updated_ms, v.method, v.body, false);
+        let mut by_table: Vec<(IndexTable, Vec<(&str, Vec<Arg>)>)> = Vec::new();
+        for (param, value) in &v.index {
+            let (table, columns) = super::index_columns(value);
+            match by_table.iter_mut().find(|(t, _)| *t == table) {
+                Some((_, rows)) => rows.push((param, columns)),
+                None => by_table.push((table, vec![(param, columns)])),
+            }
+        }
+        for (table, rows) in by_table {
+            for chunk in rows.chunks(INDEX_ROWS_PER_STATEMENT) {
+                let (text, args) = index_insert(table, v.ty, v.id, chunk);
+                self.push(&text, args);
+            }
         }
         Ok(())
     }
 
     async fn delete(&mut self, ty: &str, id: &str, version: i64, at_ms: i64) -> StoreResult<()> {
-        self.push(
-            "INSERT INTO versions (res_type, res_id, version, last_updated_ms, deleted, method, body) \
-             VALUES (?, ?, ?, ?, 1, 'DELETE', '')",
-            [Arg::Text(ty.to_owned()), Arg::Text(id.to_owned()), Arg::Int(version), Arg::Int(at_ms)],
-        );
+        self.push_version(ty, id, version, at_ms, "DELETE", "", true);
         Ok(())
     }
 
@@ -533,29 +572,45 @@ impl StoreTx for SqliteTx {
     }
 }
 
-/// Columns of `idx_input` after the kind: res_type, res_id, param and five values.
-const INPUT_COLUMNS: usize = 9;
-/// Rows per statement, well below SQLite's limit of bound variables.
-const INPUT_ROWS_PER_STATEMENT: usize = 300;
+const INDEX_TABLES: [IndexTable; 7] = [
+    IndexTable::Token,
+    IndexTable::String,
+    IndexTable::Date,
+    IndexTable::Reference,
+    IndexTable::Number,
+    IndexTable::Quantity,
+    IndexTable::Uri,
+];
 
-/// One statement inserting index rows through the `idx_input` view (its
-/// triggers route the rows to their tables; see the migration).
-fn index_insert(ty: &str, id: &str, rows: &[(&'static str, IndexValue)]) -> (String, Vec<Arg>) {
-    let mut text = String::from("INSERT INTO idx_input (kind, res_type, res_id, param, a, b, c, d, e) VALUES ");
-    let mut args = Vec::with_capacity(rows.len() * INPUT_COLUMNS);
-    for (i, (param, value)) in rows.iter().enumerate() {
+/// Longest buffered write text kept prepared in the statement cache.
+const CACHED_WRITE_TEXT: usize = 8 * 1024;
+
+/// Rows per statement, well below SQLite's limit of bound variables.
+const INDEX_ROWS_PER_STATEMENT: usize = 300;
+
+/// One statement inserting a resource's rows into one index table; the row id
+/// is looked up once, by the resource's type and id.
+fn index_insert(table: IndexTable, ty: &str, id: &str, rows: &[(&str, Vec<Arg>)]) -> (String, Vec<Arg>) {
+    let width = rows.first().map_or(0, |(_, c)| c.len());
+    let columns: Vec<String> = (2..=width + 1).map(|i| format!("v.column{i}")).collect();
+    let mut text = format!(
+        "INSERT INTO {} SELECT r.rid, v.column1, {} FROM resources r, (VALUES ",
+        table.name(),
+        columns.join(", ")
+    );
+    let placeholders = format!("({})", vec!["?"; width + 1].join(", "));
+    let mut args = Vec::with_capacity(rows.len() * (width + 1) + 2);
+    for (i, (param, values)) in rows.iter().enumerate() {
         if i > 0 {
             text.push_str(", ");
         }
-        text.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?)");
-        let (table, mut columns) = super::index_columns(value);
-        columns.resize(5, Arg::Null);
-        args.push(Arg::Text(table.name().to_owned()));
-        args.push(Arg::Text(ty.to_owned()));
-        args.push(Arg::Text(id.to_owned()));
+        text.push_str(&placeholders);
         args.push(Arg::Text((*param).to_owned()));
-        args.extend(columns);
+        args.extend(values.iter().cloned());
     }
+    text.push_str(") v WHERE r.res_type = ? AND r.res_id = ?");
+    args.push(Arg::Text(ty.to_owned()));
+    args.push(Arg::Text(id.to_owned()));
     (text, args)
 }
 
