@@ -65,7 +65,7 @@ impl Default for DatabaseConfig {
             url: "sqlite://data/nara.db".into(),
             max_connections: 4,
             sqlite_synchronous: "full".into(),
-            cache_mb: 32,
+            cache_mb: 16,
         }
     }
 }
