@@ -37,7 +37,8 @@ pub fn negotiate(headers: &HeaderMap, query: &[(String, String)]) -> Result<Form
         }
     }
     if let Some(fmt) = explicit {
-        match fmt.split(';').next().unwrap_or("").trim() {
+        // An unencoded `+` in a query string arrives as a space: `application/fhir json`.
+        match fmt.split(';').next().unwrap_or("").trim().replace(' ', "+").as_str() {
             "json" | "application/fhir+json" | "application/json+fhir" => {}
             "application/json" => f.plain_json = true,
             other => {
@@ -268,6 +269,8 @@ mod tests {
     fn format_param_wins_over_accept_and_xml_is_refused() {
         let q = vec![("_format".to_string(), "xml".to_string())];
         assert!(matches!(negotiate(&HeaderMap::new(), &q), Err(ApiError::NotAcceptable(_))));
+        let q = vec![("_format".to_string(), "application/fhir json".to_string())];
+        assert!(!negotiate(&HeaderMap::new(), &q).unwrap().plain_json, "unencoded + in the query");
         let q = vec![("_format".to_string(), "application/json".to_string())];
         assert!(negotiate(&headers(&[("accept", "application/fhir+xml")]), &q).unwrap().plain_json);
         assert!(negotiate(&headers(&[("accept", "application/fhir+xml")]), &[]).is_err());

@@ -101,6 +101,9 @@ pub fn parse(
     }
     if out.summary_count {
         out.plan.count = 0;
+    }
+    // Without entries (`_summary=count`, `_count=0`) the answer is the total.
+    if out.plan.count == 0 {
         out.plan.with_total = true;
     }
     if out.total == TotalMode::Accurate {
@@ -557,6 +560,8 @@ mod tests {
         let p = parse("Patient", &q(&[("_summary", "count")]), &cfg(), true, "").unwrap();
         assert_eq!(p.plan.count, 0);
         assert!(p.plan.with_total);
+        let p = parse("Patient", &q(&[("_count", "0")]), &cfg(), true, "").unwrap();
+        assert!(p.plan.with_total, "_count=0 answers the total");
     }
 
     #[test]
