@@ -262,6 +262,9 @@ fn filter_for(ty: &str, name: &str, value: &str, base: &str, depth: usize) -> Re
     };
     if code == "_id" || code == "_lastUpdated" {
         no_modifier(name, modifier)?;
+        if values::split_or(value).iter().any(String::is_empty) {
+            return Err(bad(name, "empty value"));
+        }
         if values::split_or(value).len() > MAX_VALUES {
             return Err(bad(name, format!("at most {MAX_VALUES} comma-separated values")));
         }
@@ -547,6 +550,8 @@ mod tests {
         assert!(parse("Patient", &q(&[("_id", &many_ids)]), &cfg(), true, "").is_err());
         let many_codes = vec!["c"; MAX_VALUES + 1].join(",");
         assert!(parse("Observation", &q(&[("code", &many_codes)]), &cfg(), true, "").is_err());
+        assert!(parse("Patient", &q(&[("_id", "")]), &cfg(), true, "").is_err());
+        assert!(parse("Patient", &q(&[("_id", "a,")]), &cfg(), true, "").is_err());
         let long = "a".repeat(MAX_VALUE_LEN + 1);
         assert!(parse("Patient", &q(&[("name:contains", &long)]), &cfg(), true, "").is_err());
         let params: Vec<(&str, &str)> = vec![("status", "final"); MAX_PARAMS + 1];
