@@ -690,4 +690,53 @@ mod tests {
         o.insert_after("resourceType", "id", "x".into());
         assert_eq!(o.keys().collect::<Vec<_>>(), ["resourceType", "id", "b"]);
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// Arbitrary JSON trees with exact-text numbers and unique keys.
+        fn value() -> impl Strategy<Value = Value> {
+            let number = prop_oneof![
+                any::<i64>().prop_map(|i| i.to_string()),
+                (any::<i32>(), 0u32..1000, 0usize..4).prop_map(|(i, f, pad)| format!("{i}.{f}{}", "0".repeat(pad))),
+                (1u32..10, -300i32..300).prop_map(|(m, e)| format!("{m}e{e}")),
+            ]
+            .prop_map(|t| Value::Number(Number::parse(&t).expect("generated numbers are valid")));
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                number,
+                any::<String>().prop_map(Value::String),
+            ];
+            leaf.prop_recursive(6, 64, 8, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                    prop::collection::btree_map(any::<String>(), inner, 0..8)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn written_json_parses_back_to_the_same_tree(v in value()) {
+                prop_assert_eq!(parse(v.to_json().as_bytes()).unwrap(), v.clone());
+                prop_assert_eq!(parse(v.to_json_pretty().as_bytes()).unwrap(), v);
+            }
+
+            #[test]
+            fn any_bytes_are_parsed_or_refused_without_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+                let _ = parse(&bytes);
+            }
+
+            #[test]
+            fn mangled_json_is_parsed_or_refused_without_panic(v in value(), cut in any::<prop::sample::Index>()) {
+                let text = v.to_json();
+                let at = cut.index(text.len() + 1);
+                let _ = parse(&text.as_bytes()[..at]);
+            }
+        }
+    }
 }

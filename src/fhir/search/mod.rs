@@ -616,4 +616,41 @@ mod tests {
         let (lo, hi) = precision_range(1.5, "1.50");
         assert!((lo - 1.495).abs() < 1e-9 && (hi - 1.505).abs() < 1e-9);
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Whatever a client puts in a query, the answer is a plan or a located error, never a panic.
+            #[test]
+            fn any_query_is_planned_or_refused(
+                ty in prop::sample::select(crate::fhir::RESOURCE_TYPES),
+                query in "[a-z_:.|,=&%A-Z0-9\\-]{0,80}",
+            ) {
+                let pairs = parse_query_string(&query);
+                let _ = parse(ty, &pairs, &cfg(), false, "http://x/fhir");
+                let _ = parse(ty, &pairs, &cfg(), true, "http://x/fhir");
+                let _ = parse_conditional(ty, &query, &cfg(), "http://x/fhir");
+            }
+
+            #[test]
+            fn known_parameters_with_any_value_are_planned_or_refused(
+                ty in prop::sample::select(crate::fhir::RESOURCE_TYPES),
+                pick in any::<prop::sample::Index>(),
+                modifier in prop::option::of(prop::sample::select(&["missing", "not", "text", "exact", "contains", "below", "identifier", "Patient"][..])),
+                value in "\\PC{0,40}",
+            ) {
+                let defs = params::params_for(ty);
+                prop_assume!(!defs.is_empty());
+                let def = &defs[pick.index(defs.len())];
+                let name = match modifier {
+                    Some(m) => format!("{}:{m}", def.code),
+                    None => def.code.to_string(),
+                };
+                let _ = parse(ty, &[(name, value)], &cfg(), true, "");
+            }
+        }
+    }
 }

@@ -1023,4 +1023,70 @@ mod tests {
         assert!(!is_known_resource_type("patient"));
         assert_eq!(known_resource_types().len(), 18);
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::json::{Number, Object};
+
+        /// JSON made of FHIR-looking member names, so the validator goes deep.
+        fn fhirish() -> impl Strategy<Value = Value> {
+            let names = prop::sample::select(
+                &[
+                    "resourceType",
+                    "id",
+                    "meta",
+                    "status",
+                    "code",
+                    "coding",
+                    "system",
+                    "value",
+                    "valueQuantity",
+                    "valueString",
+                    "effectiveDateTime",
+                    "component",
+                    "subject",
+                    "reference",
+                    "extension",
+                    "url",
+                    "_birthDate",
+                    "birthDate",
+                    "name",
+                    "given",
+                    "_given",
+                    "contained",
+                    "entry",
+                    "resource",
+                    "text",
+                    "div",
+                ][..],
+            );
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|i| Value::Number(Number::from_i64(i))),
+                prop::sample::select(&["Patient", "Observation", "final", "2024-02-30", "", "x", "Bundle"][..])
+                    .prop_map(|s| Value::String(s.to_owned())),
+            ];
+            leaf.prop_recursive(6, 48, 6, move |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::btree_map(names.clone(), inner, 0..6).prop_map(|m| {
+                        Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect::<Object>())
+                    }),
+                ]
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn any_json_is_validated_without_panic(mut v in fhirish(), ty in prop::sample::select(&["Patient", "Observation", "Bundle", "Task"][..])) {
+                if let Some(o) = v.as_object_mut() {
+                    o.insert_front("resourceType", Value::String(ty.to_owned()));
+                }
+                let _ = validate(&v);
+            }
+        }
+    }
 }
