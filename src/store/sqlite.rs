@@ -138,7 +138,7 @@ impl SqliteStore {
             .synchronous(sync)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(false)
-            .pragma("cache_size", "-4000")
+            .pragma("cache_size", "-2000")
             .pragma("temp_store", "memory")
             .statement_cache_capacity(256);
         let mut conn = SqliteConnection::connect_with(&base).await?;
