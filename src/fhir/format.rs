@@ -8,7 +8,7 @@ use axum::{
     body::Body,
     extract::{FromRequest, Request},
     http::{HeaderMap, HeaderValue, StatusCode, header},
-    response::{IntoResponse, Response},
+    response::Response,
 };
 
 use crate::{
@@ -245,12 +245,6 @@ pub fn parse_body(bytes: &[u8]) -> Result<Value, ApiError> {
             e.path,
         )
     })
-}
-
-impl IntoResponse for Answer {
-    fn into_response(self) -> Response {
-        self.into_http(Format::default(), "")
-    }
 }
 
 #[cfg(test)]
