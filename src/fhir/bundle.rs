@@ -366,7 +366,7 @@ async fn batch(st: &AppState, entries: Vec<Result<Entry, ApiError>>, ret: Return
 /// One batch entry, as if it had been its own request.
 async fn run_single(st: &AppState, op: Op, ret: Return, base: &str) -> Result<Answer, ApiError> {
     if let Op::Create { body, .. } | Op::Update { body, .. } | Op::ConditionalUpdate { body, .. } = &op {
-        let refs = local_references(body);
+        let refs = resource::bundle_local_references(body);
         if let Some(r) = refs.first() {
             return Err(ApiError::invalid(
                 "invalid",
@@ -394,11 +394,6 @@ async fn run_single(st: &AppState, op: Op, ret: Return, base: &str) -> Result<An
         Op::ConditionalDelete { ty, criteria } => interactions::conditional_delete(st, &ty, &criteria, base).await?,
     };
     Ok(answer)
-}
-
-fn local_references(body: &Value) -> Vec<String> {
-    let mut probe = body.clone();
-    resource::rewrite_references(&mut probe, &HashMap::new())
 }
 
 /// Prefixes an error's message or location with the entry it came from.
@@ -514,7 +509,8 @@ async fn transaction(st: &AppState, entries: Vec<Entry>, ret: Return, base: &str
         }
     }
 
-    // 3. Write, in FHIR's processing order.
+    // 3. Write, in FHIR's processing order. The resources were validated with
+    //    the Bundle in `process`; rewriting references kept them valid.
     let mut answers: HashMap<usize, Answer> = HashMap::new();
     for &i in &order {
         let Some(entry) = entries[i].take() else {
@@ -523,7 +519,6 @@ async fn transaction(st: &AppState, entries: Vec<Entry>, ret: Return, base: &str
         let target = targets.get(&i).cloned();
         let answer = match (entry.op, target) {
             (Op::Create { ty, body, .. }, Some((_, id, true))) => {
-                resource::check(&body, &ty, Some(&format!("Bundle.entry[{i}].resource")))?;
                 let w = interactions::create_in(tx.as_mut(), &ty, &id, body).await.map_err(|e| at_entry(i, e))?;
                 written_answer(w, ret)
             }
@@ -533,7 +528,6 @@ async fn transaction(st: &AppState, entries: Vec<Entry>, ret: Return, base: &str
                 a
             }
             (Op::Update { ty, id, body, if_match }, _) => {
-                resource::check(&body, &ty, Some(&format!("Bundle.entry[{i}].resource")))?;
                 interactions::check_body_id(&body, Some(&id), &ty).map_err(|e| at_entry(i, e))?;
                 let if_match = interactions::parse_if_match(if_match.as_deref()).map_err(|e| at_entry(i, e))?;
                 let w =
@@ -541,7 +535,6 @@ async fn transaction(st: &AppState, entries: Vec<Entry>, ret: Return, base: &str
                 written_answer(w, ret)
             }
             (Op::ConditionalUpdate { ty, body, .. }, Some((_, id, _))) => {
-                resource::check(&body, &ty, Some(&format!("Bundle.entry[{i}].resource")))?;
                 if let Some(b) = resource::id_of(&body)
                     && b != id
                 {

@@ -392,8 +392,13 @@ pub async fn search(
         _ => None,
     };
     let mut budget = st.config.fhir.max_include as usize;
+    // Only searches with includes need to know which resources are already in the page.
     let mut seen: std::collections::HashSet<(String, String)> =
-        page.rows.iter().map(|r| (r.ty.clone(), r.id.clone())).collect();
+        if parsed.includes.is_empty() && parsed.revincludes.is_empty() {
+            Default::default()
+        } else {
+            page.rows.iter().map(|r| (r.ty.clone(), r.id.clone())).collect()
+        };
     let mut included = Vec::new();
     for inc in &parsed.includes {
         for r in st.store.include(&page.rows, inc.param, inc.target.as_deref(), budget).await? {

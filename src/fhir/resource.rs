@@ -115,29 +115,40 @@ fn rewrite(value: &mut Value, map: &HashMap<String, String>, dangling: &mut Vec<
     }
 }
 
-/// Every `reference` string in a resource, with a FHIRPath-ish location, for conditional references.
+/// Conditional references (`Patient?identifier=…`) in a resource, to resolve in a transaction.
 pub fn conditional_references(value: &Value) -> Vec<String> {
     let mut out = Vec::new();
-    collect_conditional(value, &mut out);
+    for_each_reference(value, &mut |r| {
+        if r.contains('?') && !r.starts_with('#') && !r.contains("://") {
+            out.push(r.to_owned());
+        }
+    });
     out
 }
 
-fn collect_conditional(value: &Value, out: &mut Vec<String>) {
+/// References that point into a Bundle (`urn:uuid:`/`urn:oid:`), which only a transaction resolves.
+pub fn bundle_local_references(value: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for_each_reference(value, &mut |r| {
+        if r.starts_with("urn:uuid:") || r.starts_with("urn:oid:") {
+            out.push(r.to_owned());
+        }
+    });
+    out
+}
+
+/// Calls `f` with every `reference` string in `value`.
+fn for_each_reference(value: &Value, f: &mut impl FnMut(&str)) {
     match value {
         Value::Object(obj) => {
             for (key, v) in obj.iter() {
-                if key == "reference"
-                    && let Value::String(r) = v
-                {
-                    if r.contains('?') && !r.starts_with('#') && !r.contains("://") {
-                        out.push(r.clone());
-                    }
-                } else {
-                    collect_conditional(v, out);
+                match v {
+                    Value::String(r) if key == "reference" => f(r),
+                    _ => for_each_reference(v, f),
                 }
             }
         }
-        Value::Array(items) => items.iter().for_each(|v| collect_conditional(v, out)),
+        Value::Array(items) => items.iter().for_each(|v| for_each_reference(v, f)),
         _ => {}
     }
 }
@@ -170,6 +181,12 @@ mod tests {
         assert_eq!(dangling, ["urn:uuid:2"]);
         assert_eq!(v.get("subject").unwrap().get("reference").unwrap().as_str(), Some("Patient/p1"));
         assert_eq!(v.get("x").unwrap().get("reference").unwrap().as_str(), Some("Patient/7"));
+    }
+
+    #[test]
+    fn finds_bundle_local_references() {
+        let v = parse(br#"{"a":[{"reference":"urn:uuid:1"}],"b":{"reference":"Patient/1"}}"#).unwrap();
+        assert_eq!(bundle_local_references(&v), ["urn:uuid:1"]);
     }
 
     #[test]
