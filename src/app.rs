@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(interim_actor))
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::metrics::track))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .with_state(state)
@@ -107,4 +108,9 @@ async fn method_not_allowed() -> ApiError {
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a request handler panicked; answered 500");
     ApiError::Internal("handler panicked".into()).into_response()
+}
+
+async fn interim_actor(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    req.extensions_mut().insert(Arc::new(crate::access::Actor::gateway()));
+    next.run(req).await
 }

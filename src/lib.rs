@@ -3,8 +3,12 @@
 //!
 //! Module map (see `docs/ARCHITECTURE.md` for how a request flows):
 
+/// Organisation binding: who is acting and which resources they may see and change.
+pub mod access;
 /// Application state, router assembly and `serve`, shared by the binary and the tests.
 pub mod app;
+/// The PDL audit trail: AuditEvents, durable and hash-chained, and their verification.
+pub mod audit;
 /// The command-line commands (`serve`, `migrate`) behind `main.rs`.
 pub mod cli;
 /// Layered configuration: defaults, TOML file, `NARA_*` environment, validated at load.

@@ -7,10 +7,11 @@ use std::collections::{HashMap, HashSet};
 use axum::http::StatusCode;
 
 use crate::{
+    access::Actor,
     app::AppState,
     error::ApiError,
     fhir::{
-        format::{Answer, Payload, Return, instant},
+        format::{Answer, Payload, Return, Seen, instant},
         interactions::{self, Matched, ReadConditions, Written},
         resource,
     },
@@ -210,7 +211,7 @@ struct Entry {
 }
 
 /// `POST /fhir` with a batch or transaction Bundle.
-pub async fn process(st: &AppState, body: Value, ret: Return, base: &str) -> Result<Answer, ApiError> {
+pub async fn process(st: &AppState, actor: &Actor, body: Value, ret: Return, base: &str) -> Result<Answer, ApiError> {
     let Value::Object(mut obj) = body else {
         return Err(ApiError::invalid_at("structure", "a Bundle must be a JSON object", "Bundle"));
     };
@@ -253,13 +254,13 @@ pub async fn process(st: &AppState, body: Value, ret: Return, base: &str) -> Res
     let parsed: Vec<Result<Entry, ApiError>> =
         entries.into_iter().enumerate().map(|(i, e)| parse_entry(i, e, base)).collect();
     if is_batch {
-        return Ok(batch(st, parsed, ret, base).await);
+        return Ok(batch(st, actor, parsed, ret, base).await);
     }
     let mut ok = Vec::with_capacity(parsed.len());
     for p in parsed {
         ok.push(p?);
     }
-    transaction(st, ok, ret, base).await
+    transaction(st, actor, ok, ret, base).await
 }
 
 fn parse_entry(index: usize, entry: Value, base: &str) -> Result<Entry, ApiError> {
@@ -348,23 +349,27 @@ fn error_answer(e: &ApiError) -> Answer {
     Answer::new(e.status(), Payload::Json(e.outcome()))
 }
 
-async fn batch(st: &AppState, entries: Vec<Result<Entry, ApiError>>, ret: Return, base: &str) -> Answer {
+async fn batch(st: &AppState, actor: &Actor, entries: Vec<Result<Entry, ApiError>>, ret: Return, base: &str) -> Answer {
     let mut w = BundleWriter::new("batch-response", None, &[]);
+    let mut unaudited = Vec::new();
     for (index, entry) in entries.into_iter().enumerate() {
         let answer = match entry {
             Err(e) => error_answer(&e),
-            Ok(entry) => match run_single(st, entry.op, ret, base).await {
+            Ok(entry) => match run_single(st, actor, entry.op, ret, base).await {
                 Ok(a) => a,
                 Err(e) => error_answer(&interactions::entry_error(index, e)),
             },
         };
         w.response_entry(base, &answer);
+        if !answer.audited {
+            unaudited.extend(answer.seen);
+        }
     }
-    Answer::new(StatusCode::OK, Payload::Text(w.finish().into()))
+    unaudited_answer(w, unaudited)
 }
 
 /// One batch entry, as if it had been its own request.
-async fn run_single(st: &AppState, op: Op, ret: Return, base: &str) -> Result<Answer, ApiError> {
+async fn run_single(st: &AppState, actor: &Actor, op: Op, ret: Return, base: &str) -> Result<Answer, ApiError> {
     if let Op::Create { body, .. } | Op::Update { body, .. } | Op::ConditionalUpdate { body, .. } = &op {
         let refs = resource::bundle_local_references(body);
         if let Some(r) = refs.first() {
@@ -375,23 +380,27 @@ async fn run_single(st: &AppState, op: Op, ret: Return, base: &str) -> Result<An
         }
     }
     let answer = match op {
-        Op::Read { ty, id, version: None } => interactions::read(st, &ty, &id, &ReadConditions::default()).await?,
-        Op::Read { ty, id, version: Some(v) } => interactions::vread(st, &ty, &id, &v).await?,
+        Op::Read { ty, id, version: None } => {
+            interactions::read(st, actor, &ty, &id, &ReadConditions::default()).await?
+        }
+        Op::Read { ty, id, version: Some(v) } => interactions::vread(st, actor, &ty, &id, &v).await?,
         Op::Search { ty, query } => {
             let pairs = crate::fhir::search::parse_query_string(&query);
-            interactions::search(st, &ty, &pairs, false, base).await?
+            interactions::search(st, actor, &ty, &pairs, false, base).await?
         }
         Op::Create { ty, body, if_none_exist } => {
-            interactions::create(st, &ty, body, if_none_exist.as_deref(), base).await?.with_return(ret)
+            interactions::create(st, actor, &ty, body, if_none_exist.as_deref(), base).await?.with_return(ret)
         }
         Op::Update { ty, id, body, if_match } => {
-            interactions::update(st, &ty, &id, body, if_match.as_deref()).await?.with_return(ret)
+            interactions::update(st, actor, &ty, &id, body, if_match.as_deref()).await?.with_return(ret)
         }
         Op::ConditionalUpdate { ty, criteria, body } => {
-            interactions::conditional_update(st, &ty, &criteria, body, base).await?.with_return(ret)
+            interactions::conditional_update(st, actor, &ty, &criteria, body, base).await?.with_return(ret)
         }
-        Op::Delete { ty, id, if_match } => interactions::delete(st, &ty, &id, if_match.as_deref()).await?,
-        Op::ConditionalDelete { ty, criteria } => interactions::conditional_delete(st, &ty, &criteria, base).await?,
+        Op::Delete { ty, id, if_match } => interactions::delete(st, actor, &ty, &id, if_match.as_deref()).await?,
+        Op::ConditionalDelete { ty, criteria } => {
+            interactions::conditional_delete(st, actor, &ty, &criteria, base).await?
+        }
     };
     Ok(answer)
 }
@@ -409,7 +418,13 @@ fn at_entry(index: usize, e: ApiError) -> ApiError {
 
 /// A transaction: every entry or none. References between entries
 /// (`fullUrl` such as `urn:uuid:…`) are resolved to the ids assigned here.
-async fn transaction(st: &AppState, entries: Vec<Entry>, ret: Return, base: &str) -> Result<Answer, ApiError> {
+async fn transaction(
+    st: &AppState,
+    actor: &Actor,
+    entries: Vec<Entry>,
+    ret: Return,
+    base: &str,
+) -> Result<Answer, ApiError> {
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by_key(|&i| entries[i].op.order());
     let mut entries: Vec<Option<Entry>> = entries.into_iter().map(Some).collect();
@@ -426,9 +441,9 @@ async fn transaction(st: &AppState, entries: Vec<Entry>, ret: Return, base: &str
         let target = match &entry.op {
             Op::Create { ty, if_none_exist, .. } => {
                 let matched = match if_none_exist {
-                    Some(c) => {
-                        interactions::match_criteria(st, tx.as_mut(), ty, c, base).await.map_err(|e| at_entry(i, e))?
-                    }
+                    Some(c) => interactions::match_criteria(st, actor, tx.as_mut(), ty, c, base)
+                        .await
+                        .map_err(|e| at_entry(i, e))?,
                     None => Matched::None,
                 };
                 match matched {
@@ -438,7 +453,7 @@ async fn transaction(st: &AppState, entries: Vec<Entry>, ret: Return, base: &str
             }
             Op::Update { ty, id, .. } | Op::Delete { ty, id, .. } => Some((ty.clone(), id.clone(), true)),
             Op::ConditionalUpdate { ty, criteria, body } => {
-                match interactions::match_criteria(st, tx.as_mut(), ty, criteria, base)
+                match interactions::match_criteria(st, actor, tx.as_mut(), ty, criteria, base)
                     .await
                     .map_err(|e| at_entry(i, e))?
                 {
@@ -449,7 +464,7 @@ async fn transaction(st: &AppState, entries: Vec<Entry>, ret: Return, base: &str
                 }
             }
             Op::ConditionalDelete { ty, criteria } => {
-                match interactions::match_criteria(st, tx.as_mut(), ty, criteria, base)
+                match interactions::match_criteria(st, actor, tx.as_mut(), ty, criteria, base)
                     .await
                     .map_err(|e| at_entry(i, e))?
                 {
@@ -486,7 +501,10 @@ async fn transaction(st: &AppState, entries: Vec<Entry>, ret: Return, base: &str
         let mut local = map.clone();
         for cond in resource::conditional_references(body) {
             let (ty, criteria) = cond.split_once('?').unwrap_or((&cond, ""));
-            match interactions::match_criteria(st, tx.as_mut(), ty, criteria, base).await.map_err(|e| at_entry(i, e))? {
+            match interactions::match_criteria(st, actor, tx.as_mut(), ty, criteria, base)
+                .await
+                .map_err(|e| at_entry(i, e))?
+            {
                 Matched::One(id) => {
                     local.insert(cond.clone(), format!("{ty}/{id}"));
                 }
@@ -519,7 +537,8 @@ async fn transaction(st: &AppState, entries: Vec<Entry>, ret: Return, base: &str
         let target = targets.get(&i).cloned();
         let answer = match (entry.op, target) {
             (Op::Create { ty, body, .. }, Some((_, id, true))) => {
-                let w = interactions::create_in(tx.as_mut(), &ty, &id, body).await.map_err(|e| at_entry(i, e))?;
+                let w =
+                    interactions::create_in(tx.as_mut(), actor, &ty, &id, body).await.map_err(|e| at_entry(i, e))?;
                 written_answer(w, ret)
             }
             (Op::Create { ty, .. }, Some((_, id, false))) => {
@@ -530,8 +549,9 @@ async fn transaction(st: &AppState, entries: Vec<Entry>, ret: Return, base: &str
             (Op::Update { ty, id, body, if_match }, _) => {
                 interactions::check_body_id(&body, Some(&id), &ty).map_err(|e| at_entry(i, e))?;
                 let if_match = interactions::parse_if_match(if_match.as_deref()).map_err(|e| at_entry(i, e))?;
-                let w =
-                    interactions::update_in(tx.as_mut(), &ty, &id, body, if_match).await.map_err(|e| at_entry(i, e))?;
+                let w = interactions::update_in(tx.as_mut(), actor, &ty, &id, body, if_match)
+                    .await
+                    .map_err(|e| at_entry(i, e))?;
                 written_answer(w, ret)
             }
             (Op::ConditionalUpdate { ty, body, .. }, Some((_, id, _))) => {
@@ -546,19 +566,24 @@ async fn transaction(st: &AppState, entries: Vec<Entry>, ret: Return, base: &str
                         ),
                     ));
                 }
-                let w = interactions::update_in(tx.as_mut(), &ty, &id, body, None).await.map_err(|e| at_entry(i, e))?;
+                let w = interactions::update_in(tx.as_mut(), actor, &ty, &id, body, None)
+                    .await
+                    .map_err(|e| at_entry(i, e))?;
                 written_answer(w, ret)
             }
             (Op::Delete { ty, id, if_match }, _) => {
                 let if_match = interactions::parse_if_match(if_match.as_deref()).map_err(|e| at_entry(i, e))?;
-                let w = interactions::delete_in(tx.as_mut(), &ty, &id, if_match).await.map_err(|e| at_entry(i, e))?;
+                let w = interactions::delete_in(tx.as_mut(), actor, &ty, &id, if_match)
+                    .await
+                    .map_err(|e| at_entry(i, e))?;
                 let mut a = Answer::new(StatusCode::NO_CONTENT, Payload::None);
                 a.version = w.map(|w| w.version);
                 a
             }
             (Op::ConditionalDelete { .. }, None) => Answer::new(StatusCode::NO_CONTENT, Payload::None),
             (Op::ConditionalDelete { ty, .. }, Some((_, id, _))) => {
-                let w = interactions::delete_in(tx.as_mut(), &ty, &id, None).await.map_err(|e| at_entry(i, e))?;
+                let w =
+                    interactions::delete_in(tx.as_mut(), actor, &ty, &id, None).await.map_err(|e| at_entry(i, e))?;
                 let mut a = Answer::new(StatusCode::NO_CONTENT, Payload::None);
                 a.version = w.map(|w| w.version);
                 a
@@ -574,7 +599,22 @@ async fn transaction(st: &AppState, entries: Vec<Entry>, ret: Return, base: &str
         };
         answers.insert(i, answer);
     }
+    let written: Vec<Seen> = answers.values().flat_map(|a| a.seen.iter().cloned()).collect();
+    if !written.is_empty() {
+        let entry = crate::audit::Entry {
+            actor,
+            event: crate::audit::Event::Bundle,
+            status: StatusCode::OK,
+            seen: &written,
+            request: Some("transaction"),
+            reason: None,
+        };
+        tx.audit(entry.record()).await?;
+    }
     tx.commit().await?;
+    for a in answers.values_mut() {
+        a.audited = true;
+    }
 
     // 4. Reads, and the bodies of matched conditional creates.
     for &i in &order {
@@ -585,21 +625,33 @@ async fn transaction(st: &AppState, entries: Vec<Entry>, ret: Return, base: &str
                 && let Some((ty, id, false)) = targets.get(&i)
                 && ret == Return::Representation
             {
-                *a = interactions::read(st, ty, id, &ReadConditions::default()).await?;
+                *a = interactions::read(st, actor, ty, id, &ReadConditions::default()).await?;
                 a.location = a.version.map(|v| format!("{ty}/{id}/_history/{v}"));
             }
             continue;
         };
-        let answer = run_single(st, entry.op, ret, base).await.unwrap_or_else(|e| error_answer(&e));
+        let answer = run_single(st, actor, entry.op, ret, base).await.unwrap_or_else(|e| error_answer(&e));
         answers.insert(i, answer);
     }
 
     let mut w = BundleWriter::new("transaction-response", None, &[]);
+    let mut unaudited = Vec::new();
     for i in 0..order.len() {
         let a = answers.remove(&i).unwrap_or_else(|| Answer::new(StatusCode::OK, Payload::None));
         w.response_entry(base, &a);
+        if !a.audited {
+            unaudited.extend(a.seen);
+        }
     }
-    Ok(Answer::new(StatusCode::OK, Payload::Text(w.finish().into())))
+    Ok(unaudited_answer(w, unaudited))
+}
+
+/// A Bundle response whose reads (not yet audited) the caller still has to audit.
+fn unaudited_answer(w: BundleWriter, seen: Vec<Seen>) -> Answer {
+    let mut a = Answer::new(StatusCode::OK, Payload::Text(w.finish().into()));
+    a.audited = seen.is_empty();
+    a.seen = seen;
+    a
 }
 
 fn written_answer(w: Written, ret: Return) -> Answer {

@@ -116,11 +116,38 @@ pub struct Answer {
     pub version: Option<i64>,
     pub last_modified_ms: Option<i64>,
     pub payload: Payload,
+    /// The resources this answer shows or changed, for the audit trail.
+    pub seen: Vec<Seen>,
+    /// Whether the audit entry was already written (with the change, in its transaction).
+    pub audited: bool,
+}
+
+/// A resource an interaction showed or changed: its reference and the patients it is about.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// `Type/id`.
+    pub reference: String,
+    /// `Patient/id` references, space-separated.
+    pub patients: std::sync::Arc<str>,
+}
+
+impl Seen {
+    pub fn of(s: &crate::store::Stored) -> Seen {
+        Seen { reference: format!("{}/{}", s.ty, s.id), patients: s.patients.clone() }
+    }
 }
 
 impl Answer {
     pub fn new(status: StatusCode, payload: Payload) -> Self {
-        Answer { status, location: None, version: None, last_modified_ms: None, payload }
+        Answer {
+            status,
+            location: None,
+            version: None,
+            last_modified_ms: None,
+            payload,
+            seen: Vec::new(),
+            audited: false,
+        }
     }
 
     /// Applies `Prefer: return=…` to a write's answer.

@@ -8,11 +8,13 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 
 use crate::{
+    access::Actor,
     app::AppState,
+    audit,
     error::{ApiError, Issue, operation_outcome},
     fhir::{
         bundle::BundleWriter,
-        format::{Answer, Payload},
+        format::{Answer, Payload, Seen},
         resource,
         search::{self, TotalMode, extract},
     },
@@ -30,6 +32,8 @@ pub struct Written {
     /// `None` for a deletion.
     pub body: Option<Arc<str>>,
     pub status: StatusCode,
+    /// The patients it is about, for the audit trail.
+    pub patients: Arc<str>,
 }
 
 impl Written {
@@ -40,7 +44,13 @@ impl Written {
             version: Some(self.version),
             last_modified_ms: Some(self.at_ms),
             payload: self.body.clone().map_or(Payload::None, Payload::Text),
+            seen: vec![self.seen()],
+            audited: false,
         }
+    }
+
+    pub fn seen(&self) -> Seen {
+        Seen { reference: format!("{}/{}", self.ty, self.id), patients: self.patients.clone() }
     }
 }
 
@@ -66,6 +76,17 @@ fn check_type(ty: &str) -> Result<(), ApiError> {
     } else {
         Err(ApiError::NotFound(format!("resource type `{ty}` is not supported by this server")))
     }
+}
+
+/// Writable types: all supported ones but the audit log, which only the gateway writes.
+fn check_writable_type(ty: &str) -> Result<(), ApiError> {
+    check_type(ty)?;
+    if ty == "AuditEvent" {
+        return Err(ApiError::MethodNotAllowed(
+            "AuditEvent is written by the gateway itself; the audit log cannot be changed over the API".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn check_id(id: &str) -> Result<(), ApiError> {
@@ -95,15 +116,27 @@ fn stored_answer(s: &Stored) -> Answer {
         version: Some(s.version),
         last_modified_ms: Some(s.last_updated_ms),
         payload: Payload::Text(s.body.clone()),
+        seen: vec![Seen::of(s)],
+        audited: false,
     }
 }
 
-pub async fn read(st: &AppState, ty: &str, id: &str, cond: &ReadConditions) -> Result<Answer, ApiError> {
+/// The current version of `ty/id` if the actor may see it; another
+/// organisation's resource answers as if it did not exist.
+async fn visible(st: &AppState, actor: &Actor, ty: &str, id: &str) -> Result<Stored, ApiError> {
+    match st.store.read(ty, id).await? {
+        Some(s) if actor.may_see(ty, &s.access) => Ok(s),
+        _ => Err(ApiError::NotFound(format!("{ty}/{id} does not exist"))),
+    }
+}
+
+pub async fn read(st: &AppState, actor: &Actor, ty: &str, id: &str, cond: &ReadConditions) -> Result<Answer, ApiError> {
     check_type(ty)?;
     check_id(id)?;
-    let Some(s) = st.store.read(ty, id).await? else {
-        return Err(ApiError::NotFound(format!("{ty}/{id} does not exist")));
-    };
+    if ty == "AuditEvent" {
+        return crate::audit::fhir::read(st, id).await;
+    }
+    let s = visible(st, actor, ty, id).await?;
     if s.deleted {
         return Err(ApiError::Gone(format!("{ty}/{id} was deleted (version {})", s.version)));
     }
@@ -118,9 +151,10 @@ pub async fn read(st: &AppState, ty: &str, id: &str, cond: &ReadConditions) -> R
     Ok(stored_answer(&s))
 }
 
-pub async fn vread(st: &AppState, ty: &str, id: &str, version: &str) -> Result<Answer, ApiError> {
+pub async fn vread(st: &AppState, actor: &Actor, ty: &str, id: &str, version: &str) -> Result<Answer, ApiError> {
     check_type(ty)?;
     check_id(id)?;
+    let current = visible(st, actor, ty, id).await?;
     let v: i64 = version.parse().map_err(|_| ApiError::NotFound(format!("version `{version}` does not exist")))?;
     let Some(s) = st.store.vread(ty, id, v).await? else {
         return Err(ApiError::NotFound(format!("{ty}/{id} has no version {version}")));
@@ -128,42 +162,111 @@ pub async fn vread(st: &AppState, ty: &str, id: &str, version: &str) -> Result<A
     if s.deleted {
         return Err(ApiError::Gone(format!("version {version} of {ty}/{id} is a deletion")));
     }
-    Ok(stored_answer(&s))
+    let mut a = stored_answer(&s);
+    a.seen = vec![Seen::of(&current)];
+    Ok(a)
+}
+
+/// The patients a resource is about (`Patient/id`, space-separated), from its search index.
+pub fn patients_of(ty: &str, id: &str, index: &[(&'static str, extract::IndexValue)]) -> String {
+    if ty == "Patient" {
+        return format!("Patient/{id}");
+    }
+    let mut out: Vec<String> = Vec::new();
+    for (param, v) in index {
+        if let extract::IndexValue::Reference { target_type: Some(t), target_id: Some(pid), .. } = v
+            && t == "Patient"
+            && matches!(*param, "patient" | "subject" | "for" | "beneficiary")
+        {
+            let r = format!("Patient/{pid}");
+            if !out.contains(&r) {
+                out.push(r);
+            }
+        }
+    }
+    out.join(" ")
 }
 
 /// Writes `body` as version `version` of `ty/id`: sets `id`/`meta`, indexes it, stores it.
+#[expect(clippy::too_many_arguments, reason = "the parts of one version")]
 async fn put_version(
     tx: &mut dyn StoreTx,
+    actor: &Actor,
     ty: &str,
     id: &str,
     version: i64,
     method: &'static str,
     mut body: Value,
     status: StatusCode,
+    previous_access: &str,
 ) -> Result<Written, ApiError> {
     let at_ms = now_ms();
     let text = resource::finalize(&mut body, id, version, at_ms);
-    let index = extract::extract(&body).into_iter().map(|(def, v)| (def.code, v)).collect();
-    tx.put(crate::store::NewVersion { ty, id, version, last_updated_ms: at_ms, method, body: &text, index }).await?;
-    Ok(Written { ty: ty.to_owned(), id: id.to_owned(), version, at_ms, body: Some(text.into()), status })
+    let index: Vec<_> = extract::extract(&body).into_iter().map(|(def, v)| (def.code, v)).collect();
+    let patients = patients_of(ty, id, &index);
+    let access = actor.access_after_write(previous_access);
+    tx.put(crate::store::NewVersion {
+        ty,
+        id,
+        version,
+        last_updated_ms: at_ms,
+        method,
+        body: &text,
+        index,
+        access: &access,
+        patients: &patients,
+    })
+    .await?;
+    Ok(Written {
+        ty: ty.to_owned(),
+        id: id.to_owned(),
+        version,
+        at_ms,
+        body: Some(text.into()),
+        status,
+        patients: patients.into(),
+    })
 }
 
 /// Creates `ty` with a new id (the body's `id`, if any, is replaced, as FHIR prescribes for create).
-pub async fn create_in(tx: &mut dyn StoreTx, ty: &str, id: &str, body: Value) -> Result<Written, ApiError> {
-    put_version(tx, ty, id, 1, "POST", body, StatusCode::CREATED).await
+pub async fn create_in(
+    tx: &mut dyn StoreTx,
+    actor: &Actor,
+    ty: &str,
+    id: &str,
+    body: Value,
+) -> Result<Written, ApiError> {
+    check_writable_type(ty)?;
+    put_version(tx, actor, ty, id, 1, "POST", body, StatusCode::CREATED, "").await
+}
+
+/// Refuses a bound actor's change of another organisation's resource.
+fn check_may_change(actor: &Actor, ty: &str, id: &str, access: &str) -> Result<(), ApiError> {
+    if actor.may_change(access) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "{ty}/{id} belongs to another organisation; it cannot be changed by this client"
+        )))
+    }
 }
 
 /// Updates (or creates, with the client's id) `ty/id`. `if_match` is the expected current version.
 pub async fn update_in(
     tx: &mut dyn StoreTx,
+    actor: &Actor,
     ty: &str,
     id: &str,
     body: Value,
     if_match: Option<i64>,
 ) -> Result<Written, ApiError> {
+    check_writable_type(ty)?;
     let current = tx.current(ty, id).await?;
+    if let Some(c) = &current {
+        check_may_change(actor, ty, id, &c.access)?;
+    }
     if let Some(expected) = if_match {
-        match current {
+        match &current {
             Some(c) if !c.deleted && c.version == expected => {}
             Some(c) if !c.deleted => {
                 return Err(ApiError::PreconditionFailed(format!(
@@ -176,24 +279,28 @@ pub async fn update_in(
             }
         }
     }
-    let (version, status) = match current {
-        Some(c) if !c.deleted => (c.version + 1, StatusCode::OK),
-        Some(c) => (c.version + 1, StatusCode::CREATED),
-        None => (1, StatusCode::CREATED),
+    let (version, status, previous) = match current {
+        Some(c) if !c.deleted => (c.version + 1, StatusCode::OK, c.access),
+        Some(c) => (c.version + 1, StatusCode::CREATED, c.access),
+        None => (1, StatusCode::CREATED, String::new()),
     };
-    put_version(tx, ty, id, version, "PUT", body, status).await
+    put_version(tx, actor, ty, id, version, "PUT", body, status, &previous).await
 }
 
 /// Deletes `ty/id`; `Ok(None)` when it was already deleted.
 pub async fn delete_in(
     tx: &mut dyn StoreTx,
+    actor: &Actor,
     ty: &str,
     id: &str,
     if_match: Option<i64>,
 ) -> Result<Option<Written>, ApiError> {
-    let Some(current) = tx.current(ty, id).await? else {
-        return Err(ApiError::NotFound(format!("{ty}/{id} does not exist")));
+    check_writable_type(ty)?;
+    let current = match tx.current(ty, id).await? {
+        Some(c) if actor.may_see(ty, &c.access) => c,
+        _ => return Err(ApiError::NotFound(format!("{ty}/{id} does not exist"))),
     };
+    check_may_change(actor, ty, id, &current.access)?;
     if current.deleted {
         return Ok(None);
     }
@@ -215,6 +322,7 @@ pub async fn delete_in(
         at_ms,
         body: None,
         status: StatusCode::NO_CONTENT,
+        patients: "".into(),
     }))
 }
 
@@ -227,12 +335,14 @@ pub enum Matched {
 /// Runs conditional criteria: none or one match; several is 412.
 pub async fn match_criteria(
     st: &AppState,
+    actor: &Actor,
     tx: &mut dyn StoreTx,
     ty: &str,
     criteria: &str,
     base: &str,
 ) -> Result<Matched, ApiError> {
-    let plan = search::parse_conditional(ty, criteria, &st.config.fhir, base)?;
+    let mut plan = search::parse_conditional(ty, criteria, &st.config.fhir, base)?;
+    plan.filters.extend(actor.search_filter(ty));
     let ids = tx.find_ids(&plan).await?;
     match ids.as_slice() {
         [] => Ok(Matched::None),
@@ -246,45 +356,59 @@ pub async fn match_criteria(
 /// `POST /Type`, optionally conditional (`If-None-Exist`).
 pub async fn create(
     st: &AppState,
+    actor: &Actor,
     ty: &str,
     body: Value,
     if_none_exist: Option<&str>,
     base: &str,
 ) -> Result<Answer, ApiError> {
-    check_type(ty)?;
+    check_writable_type(ty)?;
     resource::check(&body, ty, None)?;
     let mut tx = st.store.begin().await?;
     if let Some(criteria) = if_none_exist
-        && let Matched::One(id) = match_criteria(st, tx.as_mut(), ty, criteria, base).await?
+        && let Matched::One(id) = match_criteria(st, actor, tx.as_mut(), ty, criteria, base).await?
     {
         drop(tx);
-        let mut a = read(st, ty, &id, &ReadConditions::default()).await?;
+        let mut a = read(st, actor, ty, &id, &ReadConditions::default()).await?;
         a.location = a.version.map(|v| format!("{ty}/{id}/_history/{v}"));
         return Ok(a);
     }
     let id = resource::new_id();
-    let written = create_in(tx.as_mut(), ty, &id, body).await?;
+    let written = create_in(tx.as_mut(), actor, ty, &id, body).await?;
+    commit_audited(tx, actor, audit::Event::Create, written.answer()).await
+}
+
+/// Writes the change's audit entry into its transaction and commits both.
+async fn commit_audited(
+    mut tx: Box<dyn StoreTx>,
+    actor: &Actor,
+    event: audit::Event,
+    mut answer: Answer,
+) -> Result<Answer, ApiError> {
+    let entry = audit::Entry { actor, event, status: answer.status, seen: &answer.seen, request: None, reason: None };
+    tx.audit(entry.record()).await?;
     tx.commit().await?;
-    Ok(written.answer())
+    answer.audited = true;
+    Ok(answer)
 }
 
 /// `PUT /Type/id`.
 pub async fn update(
     st: &AppState,
+    actor: &Actor,
     ty: &str,
     id: &str,
     body: Value,
     if_match: Option<&str>,
 ) -> Result<Answer, ApiError> {
-    check_type(ty)?;
+    check_writable_type(ty)?;
     check_id(id)?;
     resource::check(&body, ty, None)?;
     check_body_id(&body, Some(id), ty)?;
     let if_match = parse_if_match(if_match)?;
     let mut tx = st.store.begin().await?;
-    let written = update_in(tx.as_mut(), ty, id, body, if_match).await?;
-    tx.commit().await?;
-    Ok(written.answer())
+    let written = update_in(tx.as_mut(), actor, ty, id, body, if_match).await?;
+    commit_audited(tx, actor, audit::Event::Update, written.answer()).await
 }
 
 /// The body's `id` must be present and equal the URL's (FHIR update rules).
@@ -313,15 +437,16 @@ pub fn parse_if_match(h: Option<&str>) -> Result<Option<i64>, ApiError> {
 /// `PUT /Type?criteria`.
 pub async fn conditional_update(
     st: &AppState,
+    actor: &Actor,
     ty: &str,
     criteria: &str,
     body: Value,
     base: &str,
 ) -> Result<Answer, ApiError> {
-    check_type(ty)?;
+    check_writable_type(ty)?;
     resource::check(&body, ty, None)?;
     let mut tx = st.store.begin().await?;
-    let id = match match_criteria(st, tx.as_mut(), ty, criteria, base).await? {
+    let id = match match_criteria(st, actor, tx.as_mut(), ty, criteria, base).await? {
         Matched::One(id) => {
             check_body_id(&body, None, ty)?;
             if let Some(b) = resource::id_of(&body)
@@ -337,52 +462,67 @@ pub async fn conditional_update(
         }
         Matched::None => resource::id_of(&body).map_or_else(resource::new_id, str::to_owned),
     };
-    let written = update_in(tx.as_mut(), ty, &id, body, None).await?;
-    tx.commit().await?;
-    Ok(written.answer())
+    let written = update_in(tx.as_mut(), actor, ty, &id, body, None).await?;
+    commit_audited(tx, actor, audit::Event::Update, written.answer()).await
 }
 
 /// `DELETE /Type/id`.
-pub async fn delete(st: &AppState, ty: &str, id: &str, if_match: Option<&str>) -> Result<Answer, ApiError> {
-    check_type(ty)?;
+pub async fn delete(
+    st: &AppState,
+    actor: &Actor,
+    ty: &str,
+    id: &str,
+    if_match: Option<&str>,
+) -> Result<Answer, ApiError> {
+    check_writable_type(ty)?;
     check_id(id)?;
     let if_match = parse_if_match(if_match)?;
     let mut tx = st.store.begin().await?;
-    let written = delete_in(tx.as_mut(), ty, id, if_match).await?;
-    tx.commit().await?;
-    Ok(deleted_answer(written))
+    let written = delete_in(tx.as_mut(), actor, ty, id, if_match).await?;
+    commit_audited(tx, actor, audit::Event::Delete, deleted_answer(written)).await
 }
 
 fn deleted_answer(w: Option<Written>) -> Answer {
     let mut a = Answer::new(StatusCode::NO_CONTENT, Payload::None);
     if let Some(w) = w {
         a.version = Some(w.version);
+        a.seen = vec![w.seen()];
     }
     a
 }
 
 /// `DELETE /Type?criteria`: deletes the single match (none: nothing to do; several: 412).
-pub async fn conditional_delete(st: &AppState, ty: &str, criteria: &str, base: &str) -> Result<Answer, ApiError> {
-    check_type(ty)?;
+pub async fn conditional_delete(
+    st: &AppState,
+    actor: &Actor,
+    ty: &str,
+    criteria: &str,
+    base: &str,
+) -> Result<Answer, ApiError> {
+    check_writable_type(ty)?;
     let mut tx = st.store.begin().await?;
-    let written = match match_criteria(st, tx.as_mut(), ty, criteria, base).await? {
+    let written = match match_criteria(st, actor, tx.as_mut(), ty, criteria, base).await? {
         Matched::None => None,
-        Matched::One(id) => delete_in(tx.as_mut(), ty, &id, None).await?,
+        Matched::One(id) => delete_in(tx.as_mut(), actor, ty, &id, None).await?,
     };
-    tx.commit().await?;
-    Ok(deleted_answer(written))
+    commit_audited(tx, actor, audit::Event::Delete, deleted_answer(written)).await
 }
 
 /// `GET /Type?…` and `POST /Type/_search`.
 pub async fn search(
     st: &AppState,
+    actor: &Actor,
     ty: &str,
     query: &[(String, String)],
     strict: bool,
     base: &str,
 ) -> Result<Answer, ApiError> {
     check_type(ty)?;
-    let parsed = search::parse(ty, query, &st.config.fhir, strict, base)?;
+    if ty == "AuditEvent" {
+        return crate::audit::fhir::search(st, query, base).await;
+    }
+    let mut parsed = search::parse(ty, query, &st.config.fhir, strict, base)?;
+    parsed.plan.filters.extend(actor.search_filter(ty));
     let page = st.store.search(&parsed.plan).await?;
     let total = match (page.total, parsed.total) {
         (Some(t), _) => Some(t),
@@ -402,7 +542,7 @@ pub async fn search(
     let mut included = Vec::new();
     for inc in &parsed.includes {
         for r in st.store.include(&page.rows, inc.param, inc.target.as_deref(), budget).await? {
-            if seen.insert((r.ty.clone(), r.id.clone())) {
+            if actor.may_see(&r.ty, &r.access) && seen.insert((r.ty.clone(), r.id.clone())) {
                 budget = budget.saturating_sub(1);
                 included.push(r);
             }
@@ -410,7 +550,7 @@ pub async fn search(
     }
     for rev in &parsed.revincludes {
         for r in st.store.revinclude(&page.rows, &rev.source, rev.param, budget).await? {
-            if seen.insert((r.ty.clone(), r.id.clone())) {
+            if actor.may_see(&r.ty, &r.access) && seen.insert((r.ty.clone(), r.id.clone())) {
                 budget = budget.saturating_sub(1);
                 included.push(r);
             }
@@ -436,12 +576,15 @@ pub async fn search(
     if !parsed.warnings.is_empty() {
         w.outcome_entry(&operation_outcome(&parsed.warnings));
     }
-    Ok(Answer::new(StatusCode::OK, Payload::Text(w.finish().into())))
+    let mut a = Answer::new(StatusCode::OK, Payload::Text(w.finish().into()));
+    a.seen = page.rows.iter().chain(&included).map(Seen::of).collect();
+    Ok(a)
 }
 
 /// Instance, type or system history.
 pub async fn history(
     st: &AppState,
+    actor: &Actor,
     ty: Option<&str>,
     id: Option<&str>,
     query: &[(String, String)],
@@ -496,10 +639,17 @@ pub async fn history(
             }
         }
     }
-    if let (Some(ty), Some(id)) = (ty, id)
-        && st.store.read(ty, id).await?.is_none()
-    {
-        return Err(ApiError::NotFound(format!("{ty}/{id} does not exist")));
+    let mut seen = Vec::new();
+    match (ty, id) {
+        (Some(ty), Some(id)) => seen.push(Seen::of(&visible(st, actor, ty, id).await?)),
+        _ if actor.bound_to().is_some() => {
+            return Err(ApiError::Forbidden(
+                "type and system history are available to region and administrator clients only; \
+                 use instance history"
+                    .into(),
+            ));
+        }
+        _ => {}
     }
     let page = st.store.history(&q).await?;
     let path = match (ty, id) {
@@ -520,8 +670,13 @@ pub async fn history(
     let mut w = BundleWriter::new("history", None, &links);
     for r in &page.rows {
         w.history_entry(base, r);
+        if id.is_none() {
+            seen.push(Seen { reference: format!("{}/{}", r.ty, r.id), patients: "".into() });
+        }
     }
-    Ok(Answer::new(StatusCode::OK, Payload::Text(w.finish().into())))
+    let mut a = Answer::new(StatusCode::OK, Payload::Text(w.finish().into()));
+    a.seen = seen;
+    Ok(a)
 }
 
 /// Where an issue found in a Bundle entry's request or resource is, seen from the Bundle.

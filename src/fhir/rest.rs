@@ -9,8 +9,12 @@ use axum::{
     routing::{get, post},
 };
 
+use std::sync::Arc;
+
 use crate::{
+    access::Actor,
     app::AppState,
+    audit::{self, Event},
     error::ApiError,
     fhir::{
         bundle, capability,
@@ -43,6 +47,10 @@ pub struct Ctx {
     pub headers: HeaderMap,
     pub format: Format,
     pub base: String,
+    /// Who is asking (set by the authentication layer).
+    pub actor: Arc<Actor>,
+    /// `METHOD /path?query`, for the audit trail.
+    pub request: String,
 }
 
 impl FromRequestParts<AppState> for Ctx {
@@ -54,8 +62,20 @@ impl FromRequestParts<AppState> for Ctx {
         let query = parse_query_string(&raw_query);
         let format = format::negotiate(&parts.headers, &query)?;
         let base = state.fhir_base(&parts.headers);
-        Ok(Ctx { query, raw_query, headers: parts.headers.clone(), format, base })
+        let actor = parts
+            .extensions
+            .get::<Arc<Actor>>()
+            .cloned()
+            .ok_or_else(|| ApiError::Unauthorized("no credentials were presented".into()))?;
+        let request = format!("{} {}", parts.method, parts.uri);
+        Ok(Ctx { query, raw_query, headers: parts.headers.clone(), format, base, actor, request })
     }
+}
+
+/// The negotiated format and base of a request that needs no credentials.
+struct MetaCtx {
+    format: Format,
+    base: String,
 }
 
 impl Ctx {
@@ -63,7 +83,27 @@ impl Ctx {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    fn reply(&self, result: Result<Answer, ApiError>) -> Response {
+    /// Audits the outcome (unless the interaction already did, with its
+    /// change) and only then writes the answer: nothing leaves unaudited.
+    async fn reply(&self, st: &AppState, event: Event, result: Result<Answer, ApiError>) -> Response {
+        let (status, seen, audited, reason) = match &result {
+            Ok(a) => (a.status, a.seen.as_slice(), a.audited, None),
+            Err(e) => (e.status(), &[][..], false, Some(e.to_string())),
+        };
+        if !audited {
+            let entry = audit::Entry {
+                actor: &self.actor,
+                event,
+                status,
+                seen,
+                request: Some(&self.request),
+                reason: reason.as_deref(),
+            };
+            if let Err(e) = audit::append(st.store.as_ref(), &entry).await {
+                tracing::error!(error = %e, "the audit entry could not be written; the answer is withheld");
+                return ApiError::Unavailable("the access could not be audited; try again".into()).into_response();
+            }
+        }
         match result {
             Ok(a) => a.into_http(self.format, &self.base),
             Err(e) => e.into_response(),
@@ -78,14 +118,20 @@ impl Ctx {
     }
 }
 
-async fn metadata(State(st): State<AppState>, ctx: Ctx) -> Response {
+/// `GET /fhir/metadata` needs no token, so it has no [`Ctx`] actor.
+async fn metadata(State(st): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+    let query = parse_query_string(raw.as_deref().unwrap_or(""));
+    let ctx = match format::negotiate(&headers, &query) {
+        Ok(format) => MetaCtx { format, base: st.fhir_base(&headers) },
+        Err(e) => return e.into_response(),
+    };
     let cs = capability::statement(&ctx.base, &st.started);
-    ctx.reply(Ok(Answer::new(StatusCode::OK, format::Payload::Json(cs))))
+    Answer::new(StatusCode::OK, format::Payload::Json(cs)).into_http(ctx.format, &ctx.base)
 }
 
 async fn base_post(State(st): State<AppState>, ctx: Ctx, JsonBody(body): JsonBody) -> Response {
     let ret = format::prefer(&ctx.headers).ret;
-    ctx.reply(bundle::process(&st, body, ret, &ctx.base).await)
+    ctx.reply(&st, Event::Bundle, bundle::process(&st, &ctx.actor, body, ret, &ctx.base).await).await
 }
 
 async fn read(State(st): State<AppState>, ctx: Ctx, Path((ty, id)): Path<(String, String)>) -> Response {
@@ -96,18 +142,18 @@ async fn read(State(st): State<AppState>, ctx: Ctx, Path((ty, id)): Path<(String
             .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
             .map(|d| d.timestamp_millis()),
     };
-    ctx.reply(interactions::read(&st, &ty, &id, &cond).await)
+    ctx.reply(&st, Event::Read, interactions::read(&st, &ctx.actor, &ty, &id, &cond).await).await
 }
 
 async fn vread(State(st): State<AppState>, ctx: Ctx, Path((ty, id, vid)): Path<(String, String, String)>) -> Response {
-    ctx.reply(interactions::vread(&st, &ty, &id, &vid).await)
+    ctx.reply(&st, Event::Vread, interactions::vread(&st, &ctx.actor, &ty, &id, &vid).await).await
 }
 
 async fn create(State(st): State<AppState>, ctx: Ctx, Path(ty): Path<String>, JsonBody(body): JsonBody) -> Response {
     let prefer = format::prefer(&ctx.headers);
     let if_none_exist = ctx.header("if-none-exist").map(str::to_owned);
-    let result = interactions::create(&st, &ty, body, if_none_exist.as_deref(), &ctx.base).await;
-    ctx.reply(result.map(|a| a.with_return(prefer.ret)))
+    let result = interactions::create(&st, &ctx.actor, &ty, body, if_none_exist.as_deref(), &ctx.base).await;
+    ctx.reply(&st, Event::Create, result.map(|a| a.with_return(prefer.ret))).await
 }
 
 async fn update(
@@ -117,8 +163,8 @@ async fn update(
     JsonBody(body): JsonBody,
 ) -> Response {
     let prefer = format::prefer(&ctx.headers);
-    let result = interactions::update(&st, &ty, &id, body, ctx.header(header::IF_MATCH)).await;
-    ctx.reply(result.map(|a| a.with_return(prefer.ret)))
+    let result = interactions::update(&st, &ctx.actor, &ty, &id, body, ctx.header(header::IF_MATCH)).await;
+    ctx.reply(&st, Event::Update, result.map(|a| a.with_return(prefer.ret))).await
 }
 
 async fn conditional_update(
@@ -128,21 +174,24 @@ async fn conditional_update(
     JsonBody(body): JsonBody,
 ) -> Response {
     let prefer = format::prefer(&ctx.headers);
-    let result = interactions::conditional_update(&st, &ty, &ctx.criteria(), body, &ctx.base).await;
-    ctx.reply(result.map(|a| a.with_return(prefer.ret)))
+    let result = interactions::conditional_update(&st, &ctx.actor, &ty, &ctx.criteria(), body, &ctx.base).await;
+    ctx.reply(&st, Event::Update, result.map(|a| a.with_return(prefer.ret))).await
 }
 
 async fn delete(State(st): State<AppState>, ctx: Ctx, Path((ty, id)): Path<(String, String)>) -> Response {
-    ctx.reply(interactions::delete(&st, &ty, &id, ctx.header(header::IF_MATCH)).await)
+    ctx.reply(&st, Event::Delete, interactions::delete(&st, &ctx.actor, &ty, &id, ctx.header(header::IF_MATCH)).await)
+        .await
 }
 
 async fn conditional_delete(State(st): State<AppState>, ctx: Ctx, Path(ty): Path<String>) -> Response {
-    ctx.reply(interactions::conditional_delete(&st, &ty, &ctx.criteria(), &ctx.base).await)
+    let result = interactions::conditional_delete(&st, &ctx.actor, &ty, &ctx.criteria(), &ctx.base).await;
+    ctx.reply(&st, Event::Delete, result).await
 }
 
 async fn search_get(State(st): State<AppState>, ctx: Ctx, Path(ty): Path<String>) -> Response {
     let strict = format::prefer(&ctx.headers).strict;
-    ctx.reply(interactions::search(&st, &ty, &ctx.query, strict, &ctx.base).await)
+    let result = interactions::search(&st, &ctx.actor, &ty, &ctx.query, strict, &ctx.base).await;
+    ctx.reply(&st, Event::Search, result).await
 }
 
 /// `POST /Type/_search`: parameters from the form body and the query string together.
@@ -164,17 +213,21 @@ async fn search_post(
     let form = String::from_utf8_lossy(&bytes);
     ctx.query.extend(parse_query_string(&form));
     let strict = format::prefer(&ctx.headers).strict;
-    ctx.reply(interactions::search(&st, &ty, &ctx.query, strict, &ctx.base).await)
+    let result = interactions::search(&st, &ctx.actor, &ty, &ctx.query, strict, &ctx.base).await;
+    ctx.reply(&st, Event::Search, result).await
 }
 
 async fn system_history(State(st): State<AppState>, ctx: Ctx) -> Response {
-    ctx.reply(interactions::history(&st, None, None, &ctx.query, &ctx.base).await)
+    ctx.reply(&st, Event::History, interactions::history(&st, &ctx.actor, None, None, &ctx.query, &ctx.base).await)
+        .await
 }
 
 async fn type_history(State(st): State<AppState>, ctx: Ctx, Path(ty): Path<String>) -> Response {
-    ctx.reply(interactions::history(&st, Some(&ty), None, &ctx.query, &ctx.base).await)
+    let result = interactions::history(&st, &ctx.actor, Some(&ty), None, &ctx.query, &ctx.base).await;
+    ctx.reply(&st, Event::History, result).await
 }
 
 async fn instance_history(State(st): State<AppState>, ctx: Ctx, Path((ty, id)): Path<(String, String)>) -> Response {
-    ctx.reply(interactions::history(&st, Some(&ty), Some(&id), &ctx.query, &ctx.base).await)
+    let result = interactions::history(&st, &ctx.actor, Some(&ty), Some(&id), &ctx.query, &ctx.base).await;
+    ctx.reply(&st, Event::History, result).await
 }

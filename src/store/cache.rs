@@ -19,7 +19,8 @@ use async_trait::async_trait;
 use moka::{ops::compute::Op, sync::Cache};
 
 use super::{
-    Current, HistoryPage, HistoryQuery, NewVersion, SearchPage, SearchPlan, Store, StoreResult, StoreTx, Stored,
+    AuditQuery, AuditRecord, AuditRow, Current, HistoryPage, HistoryQuery, IngestRecord, NewVersion, Observed,
+    SearchPage, SearchPlan, Store, StoreResult, StoreTx, Stored,
 };
 
 /// Key of a current version: resource type and logical id.
@@ -128,7 +129,32 @@ impl Store for CachedStore {
     }
 
     async fn begin(&self) -> StoreResult<Box<dyn StoreTx>> {
-        Ok(Box::new(CachedTx { inner: self.inner.begin().await?, shared: self.shared.clone(), written: Vec::new() }))
+        Ok(Box::new(CachedTx {
+            inner: self.inner.begin().await?,
+            shared: self.shared.clone(),
+            written: Vec::new(),
+            granted: Vec::new(),
+        }))
+    }
+
+    async fn append_audit(&self, records: Vec<AuditRecord>) -> StoreResult<()> {
+        self.inner.append_audit(records).await
+    }
+
+    async fn audit_entries(&self, q: &AuditQuery) -> StoreResult<Vec<AuditRow>> {
+        self.inner.audit_entries(q).await
+    }
+
+    async fn audit_chain(&self, after_seq: i64, limit: usize) -> StoreResult<Vec<AuditRow>> {
+        self.inner.audit_chain(after_seq, limit).await
+    }
+
+    async fn audit_head(&self) -> StoreResult<(i64, String)> {
+        self.inner.audit_head().await
+    }
+
+    async fn observed(&self, since_ms: i64) -> StoreResult<Vec<Observed>> {
+        self.inner.observed(since_ms).await
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -141,6 +167,8 @@ struct CachedTx {
     shared: Arc<Shared>,
     /// Versions this transaction wrote, to publish after commit.
     written: Vec<Stored>,
+    /// Resources whose access changed without a new version: dropped from the cache at commit.
+    granted: Vec<CurrentKey>,
 }
 
 #[async_trait]
@@ -163,6 +191,8 @@ impl StoreTx for CachedTx {
             deleted: false,
             method: v.method,
             body: v.body.into(),
+            access: v.access.into(),
+            patients: v.patients.into(),
         };
         self.inner.put(v).await?;
         self.written.push(stored);
@@ -180,20 +210,43 @@ impl StoreTx for CachedTx {
             deleted: true,
             method: "DELETE",
             body: "".into(),
+            access: "".into(),
+            patients: "".into(),
         });
         Ok(())
     }
 
+    async fn grant(&mut self, ty: &str, id: &str, access: &str) -> StoreResult<()> {
+        self.inner.grant(ty, id, access).await?;
+        self.granted.push(CurrentKey::new(ty, id));
+        Ok(())
+    }
+
+    async fn audit(&mut self, record: AuditRecord) -> StoreResult<()> {
+        self.inner.audit(record).await
+    }
+
+    async fn ingest_record(&mut self, source_system: &str, record_id: &str) -> StoreResult<Option<IngestRecord>> {
+        self.inner.ingest_record(source_system, record_id).await
+    }
+
+    async fn put_ingest_record(&mut self, record: &IngestRecord) -> StoreResult<()> {
+        self.inner.put_ingest_record(record).await
+    }
+
     async fn commit(self: Box<Self>) -> StoreResult<()> {
-        let CachedTx { inner, shared, written } = *self;
+        let CachedTx { inner, shared, written, granted } = *self;
         let result = inner.commit().await;
         // Bump even when commit failed: its outcome is unknown, so readers must not fill from before it.
-        if !written.is_empty() {
+        if !written.is_empty() || !granted.is_empty() {
             shared.generation.fetch_add(1, Ordering::AcqRel);
         }
         result?;
         for s in written {
             shared.offer(s, None);
+        }
+        for key in &granted {
+            shared.current.invalidate(key);
         }
         Ok(())
     }
@@ -216,6 +269,8 @@ mod tests {
             last_updated_ms: v,
             deleted: false,
             method: "PUT",
+            access: "".into(),
+            patients: "".into(),
             body: format!("{{\"v\":{v}}}").into(),
         }
     }

@@ -33,13 +33,36 @@ pub struct Stored {
     pub method: &'static str,
     /// The resource's JSON text with `id` and `meta`; empty for deletions.
     pub body: Arc<str>,
+    /// Organisations (HSA-ids, space-separated) that may see the resource
+    /// besides region and admin clients; empty on history rows.
+    pub access: Arc<str>,
+    /// The patients the resource is about (`Patient/id`, space-separated); empty on history rows.
+    pub patients: Arc<str>,
 }
 
 /// What the current version of a resource is, as seen inside a transaction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Current {
     pub version: i64,
     pub deleted: bool,
+    /// Organisations that may see it (see [`Stored::access`]).
+    pub access: String,
+}
+
+/// The organisations a resource is visible to, as stored: HSA-ids separated by spaces.
+pub fn access_contains(access: &str, org: &str) -> bool {
+    access.split(' ').any(|o| o == org)
+}
+
+/// `access` with `org` added (unchanged when already there or `org` is empty).
+pub fn access_with(access: &str, org: &str) -> String {
+    if org.is_empty() || access_contains(access, org) {
+        access.to_owned()
+    } else if access.is_empty() {
+        org.to_owned()
+    } else {
+        format!("{access} {org}")
+    }
 }
 
 /// A new version to write.
@@ -54,6 +77,89 @@ pub struct NewVersion<'a> {
     pub body: &'a str,
     /// Search index entries: parameter code and value.
     pub index: Vec<(&'static str, IndexValue)>,
+    /// Organisations that may see the resource (see [`Stored::access`]).
+    pub access: &'a str,
+    /// The patients it is about (see [`Stored::patients`]).
+    pub patients: &'a str,
+}
+
+/// One entry of the PDL audit log, ready to append: the AuditEvent's JSON
+/// text and the patients it concerns (`Patient/id` references).
+#[derive(Clone, Debug)]
+pub struct AuditRecord {
+    pub event_id: String,
+    pub recorded_ms: i64,
+    pub body: String,
+    pub patients: Vec<String>,
+}
+
+/// A stored audit log entry with its place in the hash chain.
+#[derive(Clone, Debug)]
+pub struct AuditRow {
+    pub seq: i64,
+    pub event_id: String,
+    pub recorded_ms: i64,
+    pub body: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// Which audit entries to list, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct AuditQuery {
+    /// Only entries concerning one of these patients (`Patient/id`); `None`: all.
+    pub patients: Option<Vec<String>>,
+    pub event_id: Option<String>,
+    /// `recorded` bounds in ms: at or after, before.
+    pub from_ms: Option<i64>,
+    pub before_ms: Option<i64>,
+    /// Continue below this sequence number (exclusive).
+    pub below_seq: Option<i64>,
+    pub count: usize,
+}
+
+/// The chain hash of an audit entry: SHA-256 over the previous hash, the
+/// sequence number, the time and the AuditEvent text, as lowercase hex.
+pub fn audit_hash(prev_hash: &str, seq: i64, recorded_ms: i64, body: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(b"\n");
+    h.update(seq.to_string().as_bytes());
+    h.update(b"\n");
+    h.update(recorded_ms.to_string().as_bytes());
+    h.update(b"\n");
+    h.update(body.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// The hash before the first audit entry.
+pub const AUDIT_GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What the gateway remembers of an ingested record, for idempotency and
+/// for the NPÖ observed-production figures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngestRecord {
+    pub source_system: String,
+    pub record_id: String,
+    pub mapping: String,
+    /// SHA-256 (hex) of the record as received (canonical JSON).
+    pub content_hash: String,
+    /// The references written for it (`Observation/…`), space-separated.
+    pub resources: String,
+    pub municipality: Option<String>,
+    pub info_type: Option<String>,
+    pub first_ms: i64,
+    pub last_ms: i64,
+}
+
+/// Observed production of one municipality and information type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub municipality: String,
+    pub info_type: String,
+    pub records: u64,
+    pub last_ms: i64,
 }
 
 /// A page of search results.
@@ -132,6 +238,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Stored>>;
     /// Starts a write transaction. Dropping it without `commit` rolls back.
     async fn begin(&self) -> StoreResult<Box<dyn StoreTx>>;
+    /// Appends audit entries durably (group-committed with concurrent appends).
+    async fn append_audit(&self, records: Vec<AuditRecord>) -> StoreResult<()>;
+    /// Audit entries matching `q`, newest first (at most `q.count`).
+    async fn audit_entries(&self, q: &AuditQuery) -> StoreResult<Vec<AuditRow>>;
+    /// Audit entries in chain order after `after_seq`, for verification.
+    async fn audit_chain(&self, after_seq: i64, limit: usize) -> StoreResult<Vec<AuditRow>>;
+    /// The last entry's sequence number and hash, as recorded beside the chain.
+    async fn audit_head(&self) -> StoreResult<(i64, String)>;
+    /// Records ingested per municipality and information type since `since_ms`.
+    async fn observed(&self, since_ms: i64) -> StoreResult<Vec<Observed>>;
     /// Cheap check that the database answers.
     async fn ping(&self) -> StoreResult<()>;
 }
@@ -147,6 +263,14 @@ pub trait StoreTx: Send {
     async fn put(&mut self, v: NewVersion<'_>) -> StoreResult<()>;
     /// Writes a deletion as a new version and drops the search index.
     async fn delete(&mut self, ty: &str, id: &str, version: i64, at_ms: i64) -> StoreResult<()>;
+    /// Lets one more organisation see an existing resource (no new version).
+    async fn grant(&mut self, ty: &str, id: &str, access: &str) -> StoreResult<()>;
+    /// Appends an audit entry in this transaction: it is stored if and only if the transaction is.
+    async fn audit(&mut self, record: AuditRecord) -> StoreResult<()>;
+    /// The remembered ingested record `(source_system, record_id)`.
+    async fn ingest_record(&mut self, source_system: &str, record_id: &str) -> StoreResult<Option<IngestRecord>>;
+    /// Inserts or replaces an ingested record's entry.
+    async fn put_ingest_record(&mut self, record: &IngestRecord) -> StoreResult<()>;
     /// Makes the transaction durable.
     async fn commit(self: Box<Self>) -> StoreResult<()>;
 }

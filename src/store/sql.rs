@@ -80,7 +80,11 @@ impl Sql {
 }
 
 /// The columns every resource row query selects, in this order.
-pub const ROW_COLUMNS: &str = "r.rid, v.res_type, v.res_id, v.version, v.last_updated_ms, v.deleted, v.method, v.body";
+pub const ROW_COLUMNS: &str =
+    "r.rid, v.res_type, v.res_id, v.version, v.last_updated_ms, v.deleted, v.method, v.body, r.access, r.patients";
+
+/// How many columns [`ROW_COLUMNS`] has; sort values follow them.
+pub const ROW_COLUMN_COUNT: usize = 10;
 
 /// A string that sorts after every real index value (nulls last when ascending).
 const TEXT_MAX: &str = "\u{10FFFF}";

@@ -24,22 +24,26 @@ use sqlx::{
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard, oneshot};
 
 use super::{
-    Current, HistoryPage, HistoryQuery, NewVersion, SearchPage, SearchPlan, Store, StoreError, StoreResult, StoreTx,
-    Stored,
+    AuditQuery, AuditRecord, AuditRow, Current, HistoryPage, HistoryQuery, IngestRecord, NewVersion, Observed,
+    SearchPage, SearchPlan, Store, StoreError, StoreResult, StoreTx, Stored,
     plan::{Cursor, CursorValue, IndexTable},
     sql::{self, Arg, CursorKind, Dialect, ROW_COLUMNS, Sql},
 };
 use crate::config::DatabaseConfig;
 
 /// Schema migrations, applied in order and recorded in `schema_migrations`.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "resources", include_str!("../../migrations/sqlite/0001_resources.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "resources", include_str!("../../migrations/sqlite/0001_resources.sql")),
+    (2, "access_audit_ingest", include_str!("../../migrations/sqlite/0002_access_audit_ingest.sql")),
+];
 
 pub struct SqliteStore {
     readers: SqlitePool,
     writer: Arc<Mutex<Writer>>,
     /// Wakes the flusher after a transaction released its savepoint.
     flush: Arc<Notify>,
+    /// Audit entries waiting for the next batch, with their callers' reply channels.
+    audit_queue: std::sync::Mutex<Vec<(AuditRecord, oneshot::Sender<CommitResult>)>>,
 }
 
 type CommitResult = Result<(), String>;
@@ -53,6 +57,9 @@ struct Writer {
     abandoned: bool,
     /// Callers waiting for the next COMMIT.
     waiters: Vec<oneshot::Sender<CommitResult>>,
+    /// The audit chain's last committed-or-pending entry: sequence number and hash.
+    audit_seq: i64,
+    audit_hash: String,
 }
 
 impl Writer {
@@ -75,7 +82,16 @@ impl Writer {
             for w in self.waiters.drain(..) {
                 let _ = w.send(Err(format!("the transaction was rolled back: {e}")));
             }
+            self.reload_audit_head().await?;
         }
+        Ok(())
+    }
+
+    /// Re-reads the audit chain's head after a rollback undid appends.
+    async fn reload_audit_head(&mut self) -> Result<(), sqlx::Error> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE one = 1").fetch_one(&mut self.conn).await?;
+        self.audit_seq = row.try_get(0)?;
+        self.audit_hash = row.try_get(1)?;
         Ok(())
     }
 
@@ -91,6 +107,9 @@ impl Writer {
         if let Err(e) = &result {
             tracing::error!(error = %e, waiters = self.waiters.len(), "group commit failed; its transactions are not stored");
             let _ = self.conn.execute("ROLLBACK").await;
+            if let Err(e) = self.reload_audit_head().await {
+                tracing::error!(error = %e, "could not re-read the audit chain head");
+            }
         }
         self.outer = false;
         for w in self.waiters.drain(..) {
@@ -149,10 +168,19 @@ impl SqliteStore {
             .min_connections(1)
             .connect_with(base.clone().pragma("query_only", "1"))
             .await?;
-        let writer = Arc::new(Mutex::new(Writer { conn, outer: false, abandoned: false, waiters: Vec::new() }));
+        let mut writer = Writer {
+            conn,
+            outer: false,
+            abandoned: false,
+            waiters: Vec::new(),
+            audit_seq: 0,
+            audit_hash: String::new(),
+        };
+        writer.reload_audit_head().await?;
+        let writer = Arc::new(Mutex::new(writer));
         let flush = Arc::new(Notify::new());
         tokio::spawn(flusher(Arc::downgrade(&writer), flush.clone()));
-        Ok(SqliteStore { readers, writer, flush })
+        Ok(SqliteStore { readers, writer, flush, audit_queue: Default::default() })
     }
 }
 
@@ -214,6 +242,8 @@ fn stored(row: &SqliteRow) -> Result<Stored, sqlx::Error> {
         deleted: row.try_get::<i64, _>(5)? != 0,
         method: method_name(row.try_get::<&str, _>(6)?),
         body: body.into(),
+        access: row.try_get::<String, _>(8)?.into(),
+        patients: row.try_get::<String, _>(9)?.into(),
     })
 }
 
@@ -250,7 +280,7 @@ where
         if i + 1 == plan.count && rows.len() > plan.count {
             let mut values = Vec::with_capacity(plan.sort.len());
             for (k, s) in plan.sort.iter().enumerate() {
-                let col = 8 + k;
+                let col = sql::ROW_COLUMN_COUNT + k;
                 values.push(match sql::sort_value_kind(s) {
                     CursorKind::Int => CursorValue::Int(row.try_get(col)?),
                     CursorKind::Real => CursorValue::Real(row.try_get(col)?),
@@ -275,7 +305,7 @@ impl Store for SqliteStore {
 
     async fn vread(&self, ty: &str, id: &str, version: i64) -> StoreResult<Option<Stored>> {
         let row = sqlx::query(
-            "SELECT 0, v.res_type, v.res_id, v.version, v.last_updated_ms, v.deleted, v.method, v.body \
+            "SELECT 0, v.res_type, v.res_id, v.version, v.last_updated_ms, v.deleted, v.method, v.body, '', '' \
              FROM versions v WHERE v.res_type = ? AND v.res_id = ? AND v.version = ?",
         )
         .bind(ty)
@@ -289,7 +319,7 @@ impl Store for SqliteStore {
 
     async fn history(&self, q: &HistoryQuery) -> StoreResult<HistoryPage> {
         let mut sql = String::from(
-            "SELECT v.vid, v.res_type, v.res_id, v.version, v.last_updated_ms, v.deleted, v.method, v.body \
+            "SELECT v.vid, v.res_type, v.res_id, v.version, v.last_updated_ms, v.deleted, v.method, v.body, '', '' \
              FROM versions v WHERE 1 = 1",
         );
         let mut args = Vec::new();
@@ -378,9 +408,132 @@ impl Store for SqliteStore {
     }
 
     async fn begin(&self) -> StoreResult<Box<dyn StoreTx>> {
-        let mut guard = self.writer.clone().lock_owned().await;
-        guard.discard_abandoned().await.map_err(err)?;
-        Ok(Box::new(SqliteTx { guard, flush: self.flush.clone(), started: false, pending: Sql::default() }))
+        Ok(Box::new(self.begin_tx().await?))
+    }
+
+    async fn append_audit(&self, records: Vec<AuditRecord>) -> StoreResult<()> {
+        let mut replies = Vec::with_capacity(records.len());
+        let leader = {
+            let mut queue = self.audit_queue.lock().unwrap_or_else(|p| p.into_inner());
+            let leader = queue.is_empty();
+            for r in records {
+                let (tx, rx) = oneshot::channel();
+                queue.push((r, tx));
+                replies.push(rx);
+            }
+            leader
+        };
+        // The first caller into an empty queue writes everything queued by the
+        // time it holds the writer; the others wait for its commit.
+        if leader {
+            let mut tx = self.begin_tx().await?;
+            let batch = std::mem::take(&mut *self.audit_queue.lock().unwrap_or_else(|p| p.into_inner()));
+            let mut senders = Vec::with_capacity(batch.len());
+            for (record, sender) in batch {
+                tx.push_audit(&record);
+                senders.push(sender);
+            }
+            match tx.release().await {
+                Ok(mut tx) => {
+                    tx.guard.waiters.extend(senders);
+                    let flush = tx.flush.clone();
+                    drop(tx);
+                    flush.notify_one();
+                }
+                Err(e) => {
+                    for s in senders {
+                        let _ = s.send(Err(e.to_string()));
+                    }
+                }
+            }
+        }
+        for rx in replies {
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(StoreError::Unavailable(format!("audit append failed: {e}"))),
+                Err(_) => return Err(StoreError::Unavailable("the database writer stopped before committing".into())),
+            }
+        }
+        Ok(())
+    }
+
+    async fn audit_entries(&self, q: &AuditQuery) -> StoreResult<Vec<AuditRow>> {
+        let mut sql = String::from(
+            "SELECT a.seq, a.event_id, a.recorded_ms, a.body, a.prev_hash, a.hash FROM audit_log a WHERE 1 = 1",
+        );
+        let mut args = Vec::new();
+        if let Some(patients) = &q.patients {
+            if patients.is_empty() {
+                return Ok(Vec::new());
+            }
+            sql.push_str(" AND a.seq IN (SELECT seq FROM audit_patient WHERE patient IN (");
+            sql.push_str(&vec!["?"; patients.len()].join(", "));
+            sql.push_str("))");
+            args.extend(patients.iter().map(|p| Arg::Text(p.clone())));
+        }
+        if let Some(id) = &q.event_id {
+            sql.push_str(" AND a.event_id = ?");
+            args.push(Arg::Text(id.clone()));
+        }
+        if let Some(from) = q.from_ms {
+            sql.push_str(" AND a.recorded_ms >= ?");
+            args.push(Arg::Int(from));
+        }
+        if let Some(before) = q.before_ms {
+            sql.push_str(" AND a.recorded_ms < ?");
+            args.push(Arg::Int(before));
+        }
+        if let Some(below) = q.below_seq {
+            sql.push_str(" AND a.seq < ?");
+            args.push(Arg::Int(below));
+        }
+        sql.push_str(" ORDER BY a.seq DESC LIMIT ?");
+        args.push(Arg::Int(q.count as i64));
+        let rows = bind_all(sqlx::query(&sql), &args).fetch_all(&self.readers).await.map_err(err)?;
+        rows.iter().map(audit_row).collect::<Result<_, _>>().map_err(err)
+    }
+
+    async fn audit_chain(&self, after_seq: i64, limit: usize) -> StoreResult<Vec<AuditRow>> {
+        let rows = sqlx::query(
+            "SELECT seq, event_id, recorded_ms, body, prev_hash, hash FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(after_seq)
+        .bind(limit as i64)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(err)?;
+        rows.iter().map(audit_row).collect::<Result<_, _>>().map_err(err)
+    }
+
+    async fn audit_head(&self) -> StoreResult<(i64, String)> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE one = 1")
+            .fetch_one(&self.readers)
+            .await
+            .map_err(err)?;
+        Ok((row.try_get(0).map_err(err)?, row.try_get(1).map_err(err)?))
+    }
+
+    async fn observed(&self, since_ms: i64) -> StoreResult<Vec<Observed>> {
+        let rows = sqlx::query(
+            "SELECT municipality, info_type, COUNT(*), MAX(last_ms) FROM ingest_records \
+             WHERE last_ms >= ? AND info_type IS NOT NULL AND municipality IS NOT NULL \
+             GROUP BY municipality, info_type ORDER BY municipality, info_type",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(err)?;
+        rows.iter()
+            .map(|r| -> Result<Observed, sqlx::Error> {
+                Ok(Observed {
+                    municipality: r.try_get(0)?,
+                    info_type: r.try_get(1)?,
+                    records: r.try_get::<i64, _>(2)?.max(0) as u64,
+                    last_ms: r.try_get(3)?,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(err)
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -389,7 +542,24 @@ impl Store for SqliteStore {
     }
 }
 
+fn audit_row(r: &SqliteRow) -> Result<AuditRow, sqlx::Error> {
+    Ok(AuditRow {
+        seq: r.try_get(0)?,
+        event_id: r.try_get(1)?,
+        recorded_ms: r.try_get(2)?,
+        body: r.try_get(3)?,
+        prev_hash: r.try_get(4)?,
+        hash: r.try_get(5)?,
+    })
+}
+
 impl SqliteStore {
+    async fn begin_tx(&self) -> StoreResult<SqliteTx> {
+        let mut guard = self.writer.clone().lock_owned().await;
+        guard.discard_abandoned().await.map_err(err)?;
+        Ok(SqliteTx { guard, flush: self.flush.clone(), started: false, pending: Sql::default(), audit_saved: None })
+    }
+
     async fn fetch_rows(&self, sql: &Sql) -> StoreResult<Vec<Stored>> {
         let text = sql.render(Dialect::Sqlite);
         let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(&self.readers).await.map_err(err)?;
@@ -411,6 +581,8 @@ struct SqliteTx {
     started: bool,
     /// Statements (`;`-separated) and arguments not yet sent.
     pending: Sql,
+    /// The audit chain head before this transaction's first append, restored if it is dropped.
+    audit_saved: Option<(i64, String)>,
 }
 
 impl SqliteTx {
@@ -448,6 +620,46 @@ impl SqliteTx {
                 );
             }
         }
+    }
+
+    /// Buffers an audit entry, extending the hash chain.
+    fn push_audit(&mut self, r: &AuditRecord) {
+        if self.audit_saved.is_none() {
+            self.audit_saved = Some((self.guard.audit_seq, self.guard.audit_hash.clone()));
+        }
+        let seq = self.guard.audit_seq + 1;
+        let prev = std::mem::take(&mut self.guard.audit_hash);
+        let hash = super::audit_hash(&prev, seq, r.recorded_ms, &r.body);
+        self.push(
+            "INSERT INTO audit_log (seq, event_id, recorded_ms, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                Arg::Int(seq),
+                Arg::Text(r.event_id.clone()),
+                Arg::Int(r.recorded_ms),
+                Arg::Text(r.body.clone()),
+                Arg::Text(prev),
+                Arg::Text(hash.clone()),
+            ],
+        );
+        for p in &r.patients {
+            self.push(
+                "INSERT OR IGNORE INTO audit_patient (patient, seq) VALUES (?, ?)",
+                [Arg::Text(p.clone()), Arg::Int(seq)],
+            );
+        }
+        self.push("UPDATE audit_head SET seq = ?, hash = ? WHERE one = 1", [Arg::Int(seq), Arg::Text(hash.clone())]);
+        self.guard.audit_seq = seq;
+        self.guard.audit_hash = hash;
+    }
+
+    /// Releases the savepoint (the work joins the outer transaction, which
+    /// the flusher commits) and hands the transaction back for registering waiters.
+    async fn release(mut self) -> StoreResult<SqliteTx> {
+        self.push("RELEASE tx", []);
+        self.send().await?;
+        self.guard.abandoned = false;
+        self.audit_saved = None;
+        Ok(self)
     }
 
     fn push(&mut self, statement: &str, args: impl IntoIterator<Item = Arg>) {
@@ -489,6 +701,10 @@ impl SqliteTx {
 
 impl Drop for SqliteTx {
     fn drop(&mut self) {
+        if let Some((seq, hash)) = self.audit_saved.take() {
+            self.guard.audit_seq = seq;
+            self.guard.audit_hash = hash;
+        }
         // Dropped without commit after reaching the database: let the flusher
         // roll it back and close the outer transaction instead of waiting for
         // the next writer.
@@ -502,14 +718,14 @@ impl Drop for SqliteTx {
 impl StoreTx for SqliteTx {
     async fn current(&mut self, ty: &str, id: &str) -> StoreResult<Option<Current>> {
         self.send().await?;
-        let row = sqlx::query("SELECT version, deleted FROM resources WHERE res_type = ? AND res_id = ?")
+        let row = sqlx::query("SELECT version, deleted, access FROM resources WHERE res_type = ? AND res_id = ?")
             .bind(ty)
             .bind(id)
             .fetch_optional(&mut self.guard.conn)
             .await
             .map_err(err)?;
         row.map(|r| -> Result<Current, sqlx::Error> {
-            Ok(Current { version: r.try_get(0)?, deleted: r.try_get::<i64, _>(1)? != 0 })
+            Ok(Current { version: r.try_get(0)?, deleted: r.try_get::<i64, _>(1)? != 0, access: r.try_get(2)? })
         })
         .transpose()
         .map_err(err)
@@ -530,7 +746,25 @@ impl StoreTx for SqliteTx {
             self.send().await?;
         }
         self.push_version(v.ty, v.id, v.version, v.last_updated_ms, v.method, v.body, false);
+        self.push(
+            "UPDATE resources SET access = ?, patients = ? WHERE res_type = ? AND res_id = ?",
+            [
+                Arg::Text(v.access.to_owned()),
+                Arg::Text(v.patients.to_owned()),
+                Arg::Text(v.ty.to_owned()),
+                Arg::Text(v.id.to_owned()),
+            ],
+        );
+        let access_rows: Vec<(&str, Vec<Arg>)> = v
+            .access
+            .split(' ')
+            .filter(|o| !o.is_empty())
+            .map(|o| (ACCESS_PARAM, vec![Arg::Null, Arg::Text(o.to_owned()), Arg::Null]))
+            .collect();
         let mut by_table: Vec<(IndexTable, Vec<(&str, Vec<Arg>)>)> = Vec::new();
+        if !access_rows.is_empty() {
+            by_table.push((IndexTable::Token, access_rows));
+        }
         for (param, value) in &v.index {
             let (table, columns) = super::index_columns(value);
             match by_table.iter_mut().find(|(t, _)| *t == table) {
@@ -552,17 +786,88 @@ impl StoreTx for SqliteTx {
         Ok(())
     }
 
-    async fn commit(mut self: Box<Self>) -> StoreResult<()> {
+    async fn grant(&mut self, ty: &str, id: &str, access: &str) -> StoreResult<()> {
+        let key = || [Arg::Text(ty.to_owned()), Arg::Text(id.to_owned())];
+        self.push(
+            "UPDATE resources SET access = ? WHERE res_type = ? AND res_id = ?",
+            std::iter::once(Arg::Text(access.to_owned())).chain(key()),
+        );
+        self.push(
+            "DELETE FROM idx_token WHERE param = '_access' AND rid = (SELECT rid FROM resources WHERE res_type = ? AND res_id = ?)",
+            key(),
+        );
+        for org in access.split(' ').filter(|o| !o.is_empty()) {
+            self.push(
+                "INSERT INTO idx_token (rid, param, system, code, text_norm) \
+                 SELECT rid, '_access', NULL, ?, NULL FROM resources WHERE res_type = ? AND res_id = ? AND deleted = 0",
+                std::iter::once(Arg::Text(org.to_owned())).chain(key()),
+            );
+        }
+        Ok(())
+    }
+
+    async fn audit(&mut self, record: AuditRecord) -> StoreResult<()> {
+        self.push_audit(&record);
+        Ok(())
+    }
+
+    async fn ingest_record(&mut self, source_system: &str, record_id: &str) -> StoreResult<Option<IngestRecord>> {
+        self.send().await?;
+        let row = sqlx::query(
+            "SELECT mapping, content_hash, resources, municipality, info_type, first_ms, last_ms \
+             FROM ingest_records WHERE source_system = ? AND record_id = ?",
+        )
+        .bind(source_system)
+        .bind(record_id)
+        .fetch_optional(&mut self.guard.conn)
+        .await
+        .map_err(err)?;
+        row.map(|r| -> Result<IngestRecord, sqlx::Error> {
+            Ok(IngestRecord {
+                source_system: source_system.to_owned(),
+                record_id: record_id.to_owned(),
+                mapping: r.try_get(0)?,
+                content_hash: r.try_get(1)?,
+                resources: r.try_get(2)?,
+                municipality: r.try_get(3)?,
+                info_type: r.try_get(4)?,
+                first_ms: r.try_get(5)?,
+                last_ms: r.try_get(6)?,
+            })
+        })
+        .transpose()
+        .map_err(err)
+    }
+
+    async fn put_ingest_record(&mut self, r: &IngestRecord) -> StoreResult<()> {
+        let opt = |s: &Option<String>| s.as_ref().map_or(Arg::Null, |s| Arg::Text(s.clone()));
+        self.push(
+            "INSERT OR REPLACE INTO ingest_records (source_system, record_id, mapping, content_hash, resources, \
+             municipality, info_type, first_ms, last_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                Arg::Text(r.source_system.clone()),
+                Arg::Text(r.record_id.clone()),
+                Arg::Text(r.mapping.clone()),
+                Arg::Text(r.content_hash.clone()),
+                Arg::Text(r.resources.clone()),
+                opt(&r.municipality),
+                opt(&r.info_type),
+                Arg::Int(r.first_ms),
+                Arg::Int(r.last_ms),
+            ],
+        );
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
         if !self.started && self.pending.text.is_empty() {
             return Ok(()); // nothing was read or written
         }
-        self.push("RELEASE tx", []);
-        self.send().await?;
-        self.guard.abandoned = false;
+        let mut this = (*self).release().await?;
         let (done, result) = oneshot::channel();
-        self.guard.waiters.push(done);
-        let flush = self.flush.clone();
-        drop(self);
+        this.guard.waiters.push(done);
+        let flush = this.flush.clone();
+        drop(this);
         flush.notify_one();
         match result.await {
             Ok(Ok(())) => Ok(()),
@@ -581,6 +886,9 @@ const INDEX_TABLES: [IndexTable; 7] = [
     IndexTable::Quantity,
     IndexTable::Uri,
 ];
+
+/// The internal token parameter holding the organisations that may see a resource.
+pub const ACCESS_PARAM: &str = "_access";
 
 /// Longest buffered write text kept prepared in the statement cache.
 const CACHED_WRITE_TEXT: usize = 8 * 1024;
@@ -637,6 +945,8 @@ mod tests {
             method: "POST",
             body: &body,
             index: vec![],
+            access: "",
+            patients: "",
         };
         tx.put(v).await.unwrap();
         if commit {
@@ -678,8 +988,17 @@ mod tests {
         put(&store, "a", true).await;
         let mut tx = store.begin().await.unwrap();
         let body = "{}";
-        let dup =
-            NewVersion { ty: "Patient", id: "a", version: 1, last_updated_ms: 1, method: "PUT", body, index: vec![] };
+        let dup = NewVersion {
+            ty: "Patient",
+            id: "a",
+            version: 1,
+            last_updated_ms: 1,
+            method: "PUT",
+            body,
+            index: vec![],
+            access: "",
+            patients: "",
+        };
         // Writes are buffered: the conflict shows at put or, at the latest, at commit.
         let result = match tx.put(dup).await {
             Ok(()) => tx.commit().await,

@@ -1,0 +1,130 @@
+//! Organisation binding: who is acting, and which stored resources they may
+//! see and change. Scopes say *what kind* of access a client has (checked at
+//! the HTTP layer); binding says *whose data* — a municipal client sees what
+//! its organisation produced or what was addressed to it, region and admin
+//! clients see across municipalities.
+//!
+//! Every stored resource carries the organisations that may see it (see
+//! [`crate::store::Stored::access`]); searches by bound actors filter on
+//! that set inside the query, so counts and paging stay right.
+
+use crate::store::{self, Filter};
+
+/// The acting client as storage, binding and audit need it.
+#[derive(Clone, Debug)]
+pub struct Actor {
+    /// The registered client id (or `nara-gateway` for the gateway's own work).
+    pub client_id: String,
+    /// HSA-id of the client's organisation.
+    pub organization: String,
+    /// Kommunkod, for municipal clients.
+    pub municipality: Option<String>,
+    /// Reads across organisations (region clients, administrators, the gateway itself).
+    pub cross_org: bool,
+    /// Network address of the request, for the audit trail.
+    pub address: Option<String>,
+}
+
+/// Resource types that hold no patient data: directory entries every
+/// authenticated client may read.
+const DIRECTORY_TYPES: &[&str] = &["Organization", "Practitioner", "PractitionerRole"];
+
+impl Actor {
+    /// The gateway itself (CLI import, background work): unrestricted.
+    pub fn gateway() -> Actor {
+        Actor {
+            client_id: "nara-gateway".into(),
+            organization: String::new(),
+            municipality: None,
+            cross_org: true,
+            address: None,
+        }
+    }
+
+    /// The organisation reads and writes are bound to, for bound actors.
+    pub fn bound_to(&self) -> Option<&str> {
+        (!self.cross_org).then_some(self.organization.as_str())
+    }
+
+    /// Whether a resource of type `ty` with the stored access set may be read.
+    pub fn may_see(&self, ty: &str, access: &str) -> bool {
+        match self.bound_to() {
+            None => true,
+            Some(org) => DIRECTORY_TYPES.contains(&ty) || store::access_contains(access, org),
+        }
+    }
+
+    /// Whether an existing resource may be changed: bound actors only change
+    /// what their organisation may see (directory entries included: they are
+    /// shared, so only their producers and cross-organisation clients change them).
+    pub fn may_change(&self, access: &str) -> bool {
+        match self.bound_to() {
+            None => true,
+            Some(org) => store::access_contains(access, org),
+        }
+    }
+
+    /// The access set of a version this actor writes over `previous`: the
+    /// earlier organisations stay, the writer's own is added.
+    pub fn access_after_write(&self, previous: &str) -> String {
+        store::access_with(previous, &self.organization)
+    }
+
+    /// The search filter that restricts a bound actor to what it may see;
+    /// `None` for cross-organisation actors and directory types.
+    pub fn search_filter(&self, ty: &str) -> Option<Filter> {
+        let org = self.bound_to()?;
+        if DIRECTORY_TYPES.contains(&ty) {
+            return None;
+        }
+        Some(Filter::Any(vec![store::plan::Atom::Token {
+            param: crate::store::sqlite::ACCESS_PARAM,
+            query: crate::fhir::search::values::TokenQuery::NoSystemCode(org.to_owned()),
+        }]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lund() -> Actor {
+        Actor {
+            client_id: "lund-ehr".into(),
+            organization: "SE2120001231-0001".into(),
+            municipality: Some("1281".into()),
+            cross_org: false,
+            address: None,
+        }
+    }
+
+    #[test]
+    fn a_municipal_actor_sees_its_own_and_directory_entries_only() {
+        let a = lund();
+        assert!(a.may_see("Observation", "SE2120001231-0001"));
+        assert!(a.may_see("Observation", "SE2321000255-0001 SE2120001231-0001"));
+        assert!(!a.may_see("Observation", "SE2120000829-0001"));
+        assert!(!a.may_see("Observation", ""));
+        assert!(a.may_see("Organization", "SE2120000829-0001"));
+        assert!(!a.may_change("SE2120000829-0001"));
+        assert!(a.search_filter("Observation").is_some());
+        assert!(a.search_filter("Practitioner").is_none());
+    }
+
+    #[test]
+    fn cross_organisation_actors_are_not_bound() {
+        let mut a = lund();
+        a.cross_org = true;
+        assert!(a.may_see("Observation", "SE2120000829-0001"));
+        assert!(a.search_filter("Observation").is_none());
+    }
+
+    #[test]
+    fn writing_adds_the_writer_without_dropping_earlier_organisations() {
+        let a = lund();
+        assert_eq!(a.access_after_write(""), "SE2120001231-0001");
+        assert_eq!(a.access_after_write("SE2321000255-0001"), "SE2321000255-0001 SE2120001231-0001");
+        assert_eq!(a.access_after_write("SE2120001231-0001"), "SE2120001231-0001");
+        assert_eq!(Actor::gateway().access_after_write("X"), "X");
+    }
+}
