@@ -46,7 +46,8 @@ impl AppState {
             .and_then(|h| h.to_str().ok())
             .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)))
             .unwrap_or(&self.config.server.listen);
-        format!("http://{host}/fhir")
+        let scheme = if self.config.server.tls.enabled { "https" } else { "http" };
+        format!("{scheme}://{host}/fhir")
     }
 }
 
@@ -71,9 +72,13 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let tls = state.config.server.tls.clone();
     let app = router(state);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
-    Ok(())
+    if tls.enabled {
+        crate::tls::serve_tls(app, listener, crate::tls::server_config(&tls)?, shutdown).await
+    } else {
+        crate::tls::serve_plain(app, listener, shutdown).await
+    }
 }
 
 async fn live() -> impl IntoResponse {

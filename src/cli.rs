@@ -30,7 +30,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let grace = std::time::Duration::from_secs(config.server.shutdown_grace_secs);
     let state = AppState::open(config).await?;
-    println!("listening on http://{addr}");
+    let scheme = if state.config.server.tls.enabled { "https" } else { "http" };
+    println!("listening on {scheme}://{addr}");
     tracing::info!(%addr, "nara-gateway started; FHIR API at /fhir, health at /health/ready");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::app::serve(state, listener, async move {
@@ -51,6 +52,20 @@ pub async fn migrate(config: Config) -> anyhow::Result<()> {
     crate::store::open(&config.database).await?;
     println!("database schema is up to date ({})", redact_url(&config.database.url));
     Ok(())
+}
+
+/// `nara-gateway audit verify`: recomputes the audit chain; an error (exit 1) when it is broken.
+pub async fn audit_verify(config: Config) -> anyhow::Result<()> {
+    let store = crate::store::open(&config.database).await?;
+    match crate::audit::verify(store.as_ref()).await? {
+        crate::audit::Verdict::Intact { entries } => {
+            println!("audit log intact: {entries} entries, every hash links to its predecessor");
+            Ok(())
+        }
+        crate::audit::Verdict::Broken { seq, reason } => {
+            anyhow::bail!("audit log BROKEN at entry {seq}: {reason}")
+        }
+    }
 }
 
 /// A database URL without its password, for messages.

@@ -18,6 +18,36 @@ pub struct Config {
     pub fhir: FhirConfig,
     /// Log output.
     pub log: LogConfig,
+    /// Where the mapping definitions are.
+    pub mappings: MappingsConfig,
+    /// Municipal push.
+    pub ingest: IngestConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MappingsConfig {
+    /// Folder of mapping definitions (`<name>/mapping.toml`) and reference data (`reference/`).
+    pub dir: String,
+}
+
+impl Default for MappingsConfig {
+    fn default() -> Self {
+        MappingsConfig { dir: "mappings".into() }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Largest accepted batch body in bytes (a batch holds at most 10,000 records).
+    pub max_batch_bytes: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig { max_batch_bytes: 64 * 1024 * 1024 }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -32,6 +62,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Seconds in-flight requests get to finish on shutdown.
     pub shutdown_grace_secs: u64,
+    /// TLS and mutual TLS for the listener.
+    pub tls: crate::tls::TlsSettings,
 }
 
 impl Default for ServerConfig {
@@ -41,6 +73,7 @@ impl Default for ServerConfig {
             public_base_url: String::new(),
             max_body_bytes: 10 * 1024 * 1024,
             shutdown_grace_secs: 30,
+            tls: crate::tls::TlsSettings::default(),
         }
     }
 }
@@ -164,6 +197,7 @@ impl Config {
         if self.server.max_body_bytes < 1024 {
             return Err(key_error("server.max_body_bytes", "must be at least 1024"));
         }
+        self.server.tls.validate().map_err(|e| key_error(e.key, e.message))?;
         let url = &self.database.url;
         if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(key_error("database.url", "must start with sqlite:// or postgres://"));
@@ -179,6 +213,12 @@ impl Config {
         }
         if self.fhir.max_bundle_entries == 0 {
             return Err(key_error("fhir.max_bundle_entries", "must be at least 1"));
+        }
+        if self.mappings.dir.is_empty() {
+            return Err(key_error("mappings.dir", "must name a folder"));
+        }
+        if self.ingest.max_batch_bytes < 1024 {
+            return Err(key_error("ingest.max_batch_bytes", "must be at least 1024"));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(key_error("log.format", "must be `text` or `json`"));

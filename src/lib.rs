@@ -23,3 +23,5 @@ pub mod json;
 pub mod metrics;
 /// The `Store` trait, the SQLite backend and the SQL shared by backends.
 pub mod store;
+/// TLS and mutual TLS: settings, rustls configuration, client identity, HTTPS serving.
+pub mod tls;

@@ -17,6 +17,7 @@ async fn start(db: &str) -> (Child, String) {
         .arg("serve")
         .env("NARA_SERVER__LISTEN", "127.0.0.1:0")
         .env("NARA_DATABASE__URL", db)
+        .env("NARA_SERVER__TLS__ENABLED", "false")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

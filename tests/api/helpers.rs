@@ -37,6 +37,7 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
         ("NARA_DATABASE__URL".to_string(), db),
         ("NARA_SERVER__LISTEN".to_string(), "127.0.0.1:0".to_string()),
         ("NARA_DATABASE__SQLITE_SYNCHRONOUS".to_string(), "normal".to_string()),
+        ("NARA_SERVER__TLS__ENABLED".to_string(), "false".to_string()),
     ];
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let config = Config::load(None, env).expect("test config");
