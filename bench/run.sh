@@ -11,7 +11,7 @@
 # subject+category and create. Prints Markdown tables and writes
 # bench-results/latest.json. Exits non-zero when any request failed.
 #
-# Environment: BENCH_DURATION (seconds per test), BENCH_TOKEN (sent as
+# Environment: BENCH_DURATION (seconds per test), BENCH_TOKEN with BENCH_TOKEN_FIXED=1 (sent as
 # `Authorization: Bearer …`), BENCH_SEED, BENCH_CATEGORY (search.lua);
 # NARA_* variables reach the gateway (e.g. NARA_DATABASE__SQLITE_SYNCHRONOUS).
 set -Eeuo pipefail
@@ -57,6 +57,11 @@ log "cargo build --release"
 (cd "$root" && cargo build --release)
 bin="$root/target/release/nara-gateway"
 [[ -x "$bin" ]] || die "no binary at $bin"
+# Every request is authenticated and audited: a region client's token, as an
+# operator gets one (tokens live 5 minutes; one is fetched per scenario).
+fresh_token() {
+  (cd "$root" && NARA_SERVER__TLS__ENABLED=false "$bin" token issue --client region-skane 2>/dev/null)
+}
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/nara-bench.XXXXXX")
 mkdir -p "$results"
@@ -89,7 +94,7 @@ start_gateway() {
   rm -f "$fifo"
   mkfifo "$fifo"
   t0=$(now_us)
-  NARA_SERVER__LISTEN=127.0.0.1:0 NARA_DATABASE__URL="sqlite://$db" \
+  NARA_SERVER__LISTEN=127.0.0.1:0 NARA_DATABASE__URL="sqlite://$db" NARA_SERVER__TLS__ENABLED=false \
     "$bin" serve >"$fifo" 2>"$work/$name.log" &
   gw_pid=$!
   exec 3<"$fifo"
@@ -118,6 +123,7 @@ failed=0
 
 # run_wrk SCENARIO TEST SCRIPT IDS
 run_wrk() {
+  [[ -n "${BENCH_TOKEN_FIXED:-}" ]] || export BENCH_TOKEN=$(fresh_token)
   local scenario=$1 test=$2 script=$3 ids=$4 out="$work/$1-$2.wrk" rc=0
   log "$scenario: $test (wrk -t$threads -c$connections -d${duration}s)"
   BENCH_DIR="$bench" wrk -t"$threads" -c"$connections" -d"${duration}s" --timeout 10s --latency \
@@ -144,6 +150,7 @@ run_wrk() {
 scenario() {
   local name=$1 patients=$2 per=$3 db="$work/$1.db" ids="$work/$1-ids.txt" t0 t1
   start_gateway "$db" "$name"
+  [[ -n "${BENCH_TOKEN_FIXED:-}" ]] || export BENCH_TOKEN=$(fresh_token)
   local cold_listen=$listen_ms cold_ready=$ready_ms
   log "$name: seeding $patients patients x $per Observations"
   t0=$(now_us)
@@ -167,6 +174,7 @@ scenario() {
   db_kb=$( (du -sk "$db" "$db-wal" 2>/dev/null || true) | awk '{ s += $1 } END { print s + 0 }')
   # With a filled store: restart on the same file.
   start_gateway "$db" "$name-restart"
+  [[ -n "${BENCH_TOKEN_FIXED:-}" ]] || export BENCH_TOKEN=$(fresh_token)
   local warm_listen=$listen_ms warm_ready=$ready_ms warm_rss
   warm_rss=$(status_kb VmRSS)
   stop_gateway

@@ -118,7 +118,7 @@ EOF
         "$name.pem" >/dev/null
 }
 
-CLIENTS=(lund-ehr region-skane malmo-ehr)
+CLIENTS=(lund-ehr region-skane malmo-ehr nara-admin)
 rm -f ca.pem ca.key ca.srl server.pem server.key gateway-signing.key
 for id in "${CLIENTS[@]}"; do
     rm -f "clients/$id.pem" "clients/$id.key" "clients/$id.jwt.key" "clients/$id.jwks.json"
@@ -155,6 +155,7 @@ client_cert() {
 client_cert lund-ehr SE2120001231-0001 "Lunds kommun" Lund
 client_cert region-skane SE2321000255-0001 "Region Skåne" Kristianstad
 client_cert malmo-ehr SE2120000829-0001 "Malmö stad" Malmö
+client_cert nara-admin SE2321000255-0001 "Region Skåne" Kristianstad
 
 # The gateway's own access-token signing key (ES384).
 ec_key gateway-signing.key P-384
@@ -166,5 +167,7 @@ rsa_key clients/region-skane.jwt.key 3072
 jwks clients/region-skane.jwt.key RS384 >clients/region-skane.jwks.json
 ec_key clients/malmo-ehr.jwt.key P-384
 jwks clients/malmo-ehr.jwt.key ES384 >clients/malmo-ehr.jwks.json
+ec_key clients/nara-admin.jwt.key P-384
+jwks clients/nara-admin.jwt.key ES384 >clients/nara-admin.jwks.json
 
 echo "regenerated development certificates and keys in $(pwd)"

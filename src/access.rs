@@ -8,7 +8,13 @@
 //! [`crate::store::Stored::access`]); searches by bound actors filter on
 //! that set inside the query, so counts and paging stay right.
 
-use crate::store::{self, Filter};
+use std::sync::Arc;
+
+use crate::{
+    auth::{Action, ScopeSet},
+    error::ApiError,
+    store::{self, Filter},
+};
 
 /// The acting client as storage, binding and audit need it.
 #[derive(Clone, Debug)]
@@ -23,6 +29,8 @@ pub struct Actor {
     pub cross_org: bool,
     /// Network address of the request, for the audit trail.
     pub address: Option<String>,
+    /// The scopes granted to the client's token; `None` for the gateway itself (everything).
+    pub scopes: Option<Arc<ScopeSet>>,
 }
 
 /// Resource types that hold no patient data: directory entries every
@@ -32,12 +40,35 @@ const DIRECTORY_TYPES: &[&str] = &["Organization", "Practitioner", "Practitioner
 impl Actor {
     /// The gateway itself (CLI import, background work): unrestricted.
     pub fn gateway() -> Actor {
+        Actor::gateway_at(None)
+    }
+
+    /// The gateway acting for an unauthenticated request (authentication switched off).
+    pub fn gateway_at(address: Option<String>) -> Actor {
         Actor {
             client_id: "nara-gateway".into(),
             organization: String::new(),
             municipality: None,
             cross_org: true,
-            address: None,
+            address,
+            scopes: None,
+        }
+    }
+
+    /// Refuses (403) an action the client's scopes do not allow on `ty`.
+    /// The audit log needs `nara/admin`, whatever the resource scopes say.
+    pub fn require(&self, ty: &str, action: Action) -> Result<(), ApiError> {
+        let Some(scopes) = &self.scopes else { return Ok(()) };
+        let allowed = if ty == "AuditEvent" {
+            scopes.has_admin() && matches!(action, Action::Read | Action::Search)
+        } else {
+            scopes.allows(ty, action)
+        };
+        if allowed {
+            Ok(())
+        } else {
+            let action = format!("{action:?}").to_lowercase();
+            Err(ApiError::Forbidden(format!("the access token's scopes do not allow `{action}` on {ty}")))
         }
     }
 
@@ -95,6 +126,7 @@ mod tests {
             municipality: Some("1281".into()),
             cross_org: false,
             address: None,
+            scopes: None,
         }
     }
 

@@ -22,18 +22,48 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// When this process started (FHIR instant), for the CapabilityStatement date.
     pub started: Arc<str>,
+    /// Token verification and issuing; `None` when `auth.enabled = false` (development only).
+    pub auth: Option<Arc<crate::auth::Auth>>,
 }
 
 impl AppState {
     /// Opens storage (running migrations) and builds the state.
     pub async fn open(config: Config) -> anyhow::Result<AppState> {
+        let root = config.public_root();
+        AppState::open_with_root(config, root).await
+    }
+
+    /// Opens the state for a listener bound to `addr` (port 0 resolved): without
+    /// `server.public_base_url`, the token endpoint's URL names that address.
+    pub async fn open_at(config: Config, addr: std::net::SocketAddr) -> anyhow::Result<AppState> {
+        let root = match config.public_base() {
+            Some(b) => b.to_owned(),
+            None => format!("{}://{addr}", if config.server.tls.enabled { "https" } else { "http" }),
+        };
+        AppState::open_with_root(config, root).await
+    }
+
+    async fn open_with_root(config: Config, root: String) -> anyhow::Result<AppState> {
+        let auth = if config.auth.enabled {
+            Some(Arc::new(auth_from_config(&config, format!("{root}/auth/token"))?))
+        } else {
+            tracing::warn!("authentication is switched off (auth.enabled = false): every request acts as the gateway");
+            None
+        };
         let store = crate::store::open(&config.database).await?;
         Ok(AppState {
             config: Arc::new(config),
             store,
             metrics: Arc::new(Metrics::default()),
             started: crate::fhir::format::instant(chrono::Utc::now().timestamp_millis()).into(),
+            auth,
         })
+    }
+
+    /// The server root for absolute URLs (`https://host:port`), from
+    /// `server.public_base_url` or the request's `Host`.
+    pub fn public_root(&self, headers: &HeaderMap) -> String {
+        self.fhir_base(headers).trim_end_matches("/fhir").to_owned()
     }
 
     /// The FHIR base URL: `server.public_base_url` when set, else from the request's `Host`.
@@ -51,16 +81,33 @@ impl AppState {
     }
 }
 
+/// The token service: `auth.issuer` when set, else `server.public_base_url`,
+/// else the fixed `https://nara-gateway.invalid` (RFC 2606 reserved) — never the listen address, so tokens issued
+/// by `nara-gateway token issue` verify in the running gateway.
+pub fn auth_from_config(config: &Config, token_url: String) -> anyhow::Result<crate::auth::Auth> {
+    let mut auth = config.auth.clone();
+    if auth.issuer.is_empty() {
+        auth.issuer = config.public_base().unwrap_or(DEFAULT_ISSUER).to_owned();
+    }
+    crate::auth::Auth::from_config(&auth, token_url)
+}
+
+/// The issuer of access tokens when neither `auth.issuer` nor `server.public_base_url` is set.
+pub const DEFAULT_ISSUER: &str = "https://nara-gateway.invalid";
+
 /// The complete router with all middleware.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(crate::fhir::rest::router())
+        .route("/auth/token", axum::routing::post(crate::auth::layer::token))
+        .route("/.well-known/smart-configuration", get(crate::auth::layer::smart_configuration))
+        .route("/.well-known/jwks.json", get(crate::auth::layer::jwks))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(interim_actor))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::layer::authenticate))
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::metrics::track))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .with_state(state)
@@ -113,9 +160,4 @@ async fn method_not_allowed() -> ApiError {
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a request handler panicked; answered 500");
     ApiError::Internal("handler panicked".into()).into_response()
-}
-
-async fn interim_actor(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    req.extensions_mut().insert(Arc::new(crate::access::Actor::gateway()));
-    next.run(req).await
 }

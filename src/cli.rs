@@ -29,10 +29,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("server.listen: cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
     let grace = std::time::Duration::from_secs(config.server.shutdown_grace_secs);
-    let state = AppState::open(config).await?;
+    let state = AppState::open_at(config, addr).await?;
     let scheme = if state.config.server.tls.enabled { "https" } else { "http" };
     println!("listening on {scheme}://{addr}");
     tracing::info!(%addr, "nara-gateway started; FHIR API at /fhir, health at /health/ready");
+    print_development_hints(&state, addr);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::app::serve(state, listener, async move {
         let _ = stop_rx.await;
@@ -44,6 +45,101 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         Ok(joined) => joined??,
         Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
     }
+    Ok(())
+}
+
+/// Tells a developer running on the example setup how to get going (on
+/// stderr: stdout carries only the `listening on` line).
+fn print_development_hints(state: &AppState, addr: std::net::SocketAddr) {
+    let examples = state.config.auth.clients.iter().any(|c| c.jwks.starts_with("certs-example/"));
+    if state.config.auth.enabled && examples {
+        eprintln!(
+            "development setup: example clients from certs-example/ are registered (replace them in production).\n\
+             get a token:  cargo run --release -- token issue --client region-skane\n\
+             then:         curl --cacert certs-example/ca.pem -H \"Authorization: Bearer $TOKEN\" https://localhost:{}/fhir/Patient",
+            addr.port()
+        );
+        tracing::warn!("the example clients of certs-example/ are registered; their private keys are public");
+    }
+}
+
+/// `nara-gateway token issue --client ID [--scope …]`: prints an access token signed with the configured key.
+pub fn token_issue(config: &Config, client: &str, scope: Option<&str>) -> anyhow::Result<()> {
+    let auth = crate::app::auth_from_config(config, format!("{}/auth/token", config.public_root()))?;
+    let now = crate::auth::layer::unix_now();
+    let t = auth.issue_for(client, scope, now).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{}", t.access_token);
+    eprintln!("valid {} s, scope: {}", t.expires_in, t.scope);
+    Ok(())
+}
+
+/// `nara-gateway client keygen --alg ES384|RS384 --out NAME`: a key pair for a new client.
+pub fn client_keygen(alg: &str, out: &Path) -> anyhow::Result<()> {
+    let alg: crate::auth::KeyAlg = alg.parse().map_err(|e| anyhow::anyhow!("--alg: {e}"))?;
+    let keys = crate::auth::generate_client_keys(alg)?;
+    let key_path = out.with_extension("key");
+    let jwks_path = out.with_extension("jwks.json");
+    for p in [&key_path, &jwks_path] {
+        if p.exists() {
+            anyhow::bail!("{} exists; not overwriting it", p.display());
+        }
+    }
+    std::fs::write(&key_path, keys.private_pkcs8_pem)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::fs::write(&jwks_path, keys.jwks_json)?;
+    println!("private key (keep it with the client): {}", key_path.display());
+    println!("public JWKS (register it):             {}", jwks_path.display());
+    println!("kid: {}", keys.kid);
+    Ok(())
+}
+
+/// `nara-gateway client add …`: checks the key and appends an `[[auth.clients]]` entry to `file`.
+pub fn client_add(
+    file: &Path,
+    id: &str,
+    organization: &str,
+    municipality: Option<&str>,
+    scopes: &str,
+    key: &Path,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(key).with_context(|| format!("--key: cannot read {}", key.display()))?;
+    let jwks = if text.trim_start().starts_with('{') {
+        text
+    } else {
+        crate::auth::keys::jwks_from_public_pem(&text).with_context(|| format!("--key: {}", key.display()))?.0
+    };
+    let scopes: Vec<String> = scopes.split_whitespace().map(str::to_owned).collect();
+    let client = crate::auth::ClientConfig {
+        id: id.to_owned(),
+        organization: organization.to_owned(),
+        municipality: municipality.map(str::to_owned),
+        scopes,
+        jwks: jwks.trim().to_owned(),
+        name: None,
+    };
+    // Validate the new client the way start-up will.
+    let check = crate::auth::AuthConfig { clients: vec![client.clone()], ..crate::auth::AuthConfig::default() };
+    check.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::auth::keys::parse_client_jwks(&client.jwks).map_err(|e| anyhow::anyhow!("--key: {e}"))?;
+    let mut wrapper = toml::Table::new();
+    wrapper.insert("clients".into(), toml::Value::try_from(vec![client])?);
+    let mut outer = toml::Table::new();
+    outer.insert("auth".into(), toml::Value::Table(wrapper));
+    let block = toml::to_string(&outer)?;
+    let mut existing = std::fs::read_to_string(file).unwrap_or_default();
+    if !existing.is_empty() && !existing.ends_with('\n') {
+        existing.push('\n');
+    }
+    existing.push('\n');
+    existing.push_str(&block);
+    let parsed: Result<toml::Table, _> = existing.parse();
+    parsed.with_context(|| format!("{} would not be valid TOML after adding the client", file.display()))?;
+    std::fs::write(file, existing)?;
+    println!("registered client `{id}` in {}; restart the gateway to use it", file.display());
     Ok(())
 }
 

@@ -18,36 +18,8 @@ pub struct Config {
     pub fhir: FhirConfig,
     /// Log output.
     pub log: LogConfig,
-    /// Where the mapping definitions are.
-    pub mappings: MappingsConfig,
-    /// Municipal push.
-    pub ingest: IngestConfig,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MappingsConfig {
-    /// Folder of mapping definitions (`<name>/mapping.toml`) and reference data (`reference/`).
-    pub dir: String,
-}
-
-impl Default for MappingsConfig {
-    fn default() -> Self {
-        MappingsConfig { dir: "mappings".into() }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IngestConfig {
-    /// Largest accepted batch body in bytes (a batch holds at most 10,000 records).
-    pub max_batch_bytes: usize,
-}
-
-impl Default for IngestConfig {
-    fn default() -> Self {
-        IngestConfig { max_batch_bytes: 64 * 1024 * 1024 }
-    }
+    /// Tokens, registered clients, the gateway's signing key.
+    pub auth: crate::auth::AuthConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -198,6 +170,10 @@ impl Config {
             return Err(key_error("server.max_body_bytes", "must be at least 1024"));
         }
         self.server.tls.validate().map_err(|e| key_error(e.key, e.message))?;
+        self.auth.validate().map_err(|e| match e.split_once(": ") {
+            Some((key, message)) => key_error(key, message),
+            None => key_error("auth", e),
+        })?;
         let url = &self.database.url;
         if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(key_error("database.url", "must start with sqlite:// or postgres://"));
@@ -214,16 +190,22 @@ impl Config {
         if self.fhir.max_bundle_entries == 0 {
             return Err(key_error("fhir.max_bundle_entries", "must be at least 1"));
         }
-        if self.mappings.dir.is_empty() {
-            return Err(key_error("mappings.dir", "must name a folder"));
-        }
-        if self.ingest.max_batch_bytes < 1024 {
-            return Err(key_error("ingest.max_batch_bytes", "must be at least 1024"));
-        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(key_error("log.format", "must be `text` or `json`"));
         }
         Ok(())
+    }
+
+    /// The server root for absolute URLs when no request is at hand (the token
+    /// endpoint's audience): `server.public_base_url`, else the listen address.
+    pub fn public_root(&self) -> String {
+        match self.public_base() {
+            Some(b) => b.to_owned(),
+            None => {
+                let scheme = if self.server.tls.enabled { "https" } else { "http" };
+                format!("{scheme}://{}", self.server.listen)
+            }
+        }
     }
 
     /// The base URL for FHIR links, without trailing slash, when configured.

@@ -9,6 +9,8 @@ pub mod access;
 pub mod app;
 /// The PDL audit trail: AuditEvents, durable and hash-chained, and their verification.
 pub mod audit;
+/// Tokens (SMART Backend Services), scopes, client registry, the authentication middleware.
+pub mod auth;
 /// The command-line commands (`serve`, `migrate`) behind `main.rs`.
 pub mod cli;
 /// Layered configuration: defaults, TOML file, `NARA_*` environment, validated at load.

@@ -22,6 +22,67 @@ enum Command {
     Serve,
     /// Create or upgrade the database schema, then exit.
     Migrate,
+    /// The PDL audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Registered machine clients.
+    #[command(subcommand)]
+    Client(ClientCommand),
+    /// Access tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain of the audit log; fails when an entry was changed, removed or inserted.
+    Verify,
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Register a client in the configuration file (validates its key first).
+    Add {
+        /// Client id: the `iss` and `sub` of its assertions.
+        #[arg(long)]
+        id: String,
+        /// HSA-id of the client's organisation.
+        #[arg(long)]
+        organization: String,
+        /// Kommunkod, for municipal clients (omit for region clients).
+        #[arg(long)]
+        municipality: Option<String>,
+        /// Scopes the client may ask for, space-separated (e.g. "system/Observation.rs nara/ingest").
+        #[arg(long)]
+        scopes: String,
+        /// The client's public key: a JWKS file or a PEM public key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The configuration file to add it to (default: the --config file, else nara-gateway.toml).
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
+    /// Generate a key pair for a new client: the private key (PEM) and its public JWKS.
+    Keygen {
+        /// ES384 (P-384) or RS384 (RSA 3072).
+        #[arg(long, default_value = "ES384")]
+        alg: String,
+        /// Where to write `<out>.key` (private, keep it at the client) and `<out>.jwks.json` (public).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print an access token for a registered client, signed with the gateway's key.
+    Issue {
+        #[arg(long)]
+        client: String,
+        /// Scopes to ask for (space-separated); default: all the client is registered for.
+        #[arg(long)]
+        scope: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +94,15 @@ fn main() -> anyhow::Result<()> {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => nara_gateway::cli::serve(config).await,
             Command::Migrate => nara_gateway::cli::migrate(config).await,
+            Command::Audit(AuditCommand::Verify) => nara_gateway::cli::audit_verify(config).await,
+            Command::Client(ClientCommand::Add { id, organization, municipality, scopes, key, to }) => {
+                let file = to.or(cli.config).unwrap_or_else(|| PathBuf::from("nara-gateway.toml"));
+                nara_gateway::cli::client_add(&file, &id, &organization, municipality.as_deref(), &scopes, &key)
+            }
+            Command::Client(ClientCommand::Keygen { alg, out }) => nara_gateway::cli::client_keygen(&alg, &out),
+            Command::Token(TokenCommand::Issue { client, scope }) => {
+                nara_gateway::cli::token_issue(&config, &client, scope.as_deref())
+            }
         }
     })
 }

@@ -304,6 +304,7 @@ mod tests {
             municipality: Some("1281".into()),
             cross_org: false,
             address: Some("127.0.0.1".into()),
+            scopes: None,
         }
     }
 

@@ -11,6 +11,7 @@ use crate::{
     access::Actor,
     app::AppState,
     audit,
+    auth::Action,
     error::{ApiError, Issue, operation_outcome},
     fhir::{
         bundle::BundleWriter,
@@ -133,6 +134,7 @@ async fn visible(st: &AppState, actor: &Actor, ty: &str, id: &str) -> Result<Sto
 pub async fn read(st: &AppState, actor: &Actor, ty: &str, id: &str, cond: &ReadConditions) -> Result<Answer, ApiError> {
     check_type(ty)?;
     check_id(id)?;
+    actor.require(ty, Action::Read)?;
     if ty == "AuditEvent" {
         return crate::audit::fhir::read(st, id).await;
     }
@@ -154,6 +156,7 @@ pub async fn read(st: &AppState, actor: &Actor, ty: &str, id: &str, cond: &ReadC
 pub async fn vread(st: &AppState, actor: &Actor, ty: &str, id: &str, version: &str) -> Result<Answer, ApiError> {
     check_type(ty)?;
     check_id(id)?;
+    actor.require(ty, Action::Read)?;
     let current = visible(st, actor, ty, id).await?;
     let v: i64 = version.parse().map_err(|_| ApiError::NotFound(format!("version `{version}` does not exist")))?;
     let Some(s) = st.store.vread(ty, id, v).await? else {
@@ -237,6 +240,7 @@ pub async fn create_in(
     body: Value,
 ) -> Result<Written, ApiError> {
     check_writable_type(ty)?;
+    actor.require(ty, Action::Create)?;
     put_version(tx, actor, ty, id, 1, "POST", body, StatusCode::CREATED, "").await
 }
 
@@ -261,6 +265,7 @@ pub async fn update_in(
     if_match: Option<i64>,
 ) -> Result<Written, ApiError> {
     check_writable_type(ty)?;
+    actor.require(ty, Action::Update)?;
     let current = tx.current(ty, id).await?;
     if let Some(c) = &current {
         check_may_change(actor, ty, id, &c.access)?;
@@ -296,6 +301,7 @@ pub async fn delete_in(
     if_match: Option<i64>,
 ) -> Result<Option<Written>, ApiError> {
     check_writable_type(ty)?;
+    actor.require(ty, Action::Delete)?;
     let current = match tx.current(ty, id).await? {
         Some(c) if actor.may_see(ty, &c.access) => c,
         _ => return Err(ApiError::NotFound(format!("{ty}/{id} does not exist"))),
@@ -518,6 +524,7 @@ pub async fn search(
     base: &str,
 ) -> Result<Answer, ApiError> {
     check_type(ty)?;
+    actor.require(ty, Action::Search)?;
     if ty == "AuditEvent" {
         return crate::audit::fhir::search(st, query, base).await;
     }
@@ -592,6 +599,7 @@ pub async fn history(
 ) -> Result<Answer, ApiError> {
     if let Some(ty) = ty {
         check_type(ty)?;
+        actor.require(ty, Action::Read)?;
     }
     if let Some(id) = id {
         check_id(id)?;

@@ -11,6 +11,24 @@ use tokio::{
 
 use crate::helpers::patient_json;
 
+/// A region client's token from `nara-gateway token issue`, as an operator gets one.
+pub fn cli_token(client: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nara-gateway"))
+        .args(["token", "issue", "--client", client])
+        .env("NARA_SERVER__TLS__ENABLED", "false")
+        .output()
+        .expect("run token issue");
+    assert!(out.status.success(), "token issue failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8").trim().to_owned()
+}
+
+/// A reqwest client that sends `token` on every request.
+pub fn client_with(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    reqwest::Client::builder().default_headers(headers).build().unwrap()
+}
+
 /// Starts the gateway binary on `db` and returns it with its address.
 async fn start(db: &str) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_nara-gateway"))
@@ -40,7 +58,7 @@ async fn acknowledged_writes_survive_sigkill_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}/crash.db", dir.path().display());
     let (mut child, addr) = start(&db).await;
-    let client = reqwest::Client::new();
+    let client = client_with(&cli_token("region-skane"));
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = Vec::new();
@@ -95,7 +113,7 @@ async fn sigterm_stops_the_gateway_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}/term.db", dir.path().display());
     let (mut child, addr) = start(&db).await;
-    let client = reqwest::Client::new();
+    let client = client_with(&cli_token("region-skane"));
     let created = client
         .post(format!("{addr}/fhir/Patient"))
         .header("content-type", "application/fhir+json")

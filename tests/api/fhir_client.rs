@@ -17,7 +17,11 @@ use crate::helpers::spawn_app;
 #[tokio::test]
 async fn fhir_sdk_client_creates_reads_and_pages_through_a_search() {
     let app = spawn_app().await;
-    let client: Client<FhirR4B> = Client::new(app.base.parse().unwrap()).unwrap();
+    // The gateway wants a bearer token on every request.
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", app.token).parse().unwrap());
+    let http = reqwest::Client::builder().default_headers(headers).build().unwrap();
+    let client: Client<FhirR4B> = Client::builder().base_url(app.base.parse().unwrap()).client(http).build().unwrap();
 
     let patient = Patient::builder()
         .identifier(vec![Some(

@@ -16,6 +16,10 @@ pub struct TestApp {
     /// `http://127.0.0.1:PORT/fhir`
     pub base: String,
     pub client: reqwest::Client,
+    /// A region client's access token (all resource scopes), sent unless a request names its own.
+    pub token: String,
+    /// The running gateway's state, for minting other clients' tokens.
+    pub state: AppState,
     /// Keeps the database folder alive as long as the app.
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -43,12 +47,22 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     let config = Config::load(None, env).expect("test config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
     let addr = listener.local_addr().expect("local addr");
-    let state = AppState::open(config).await.expect("open state");
+    let state = AppState::open_at(config, addr).await.expect("open state");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(nara_gateway::app::serve(state, listener, async move {
+    tokio::spawn(nara_gateway::app::serve(state.clone(), listener, async move {
         let _ = rx.await;
     }));
-    TestApp { addr, base: format!("http://{addr}/fhir"), client: reqwest::Client::new(), _dir: dir, stop: Some(tx) }
+    let mut app = TestApp {
+        addr,
+        base: format!("http://{addr}/fhir"),
+        client: reqwest::Client::new(),
+        token: String::new(),
+        state,
+        _dir: dir,
+        stop: Some(tx),
+    };
+    app.token = app.token_for("region-skane", None);
+    app
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -114,10 +128,19 @@ fn emit(text: &str, headers: &HeaderMap) {
 }
 
 impl TestApp {
+    /// An access token for one of the example clients, as `nara-gateway token issue` makes it.
+    pub fn token_for(&self, client: &str, scope: Option<&str>) -> String {
+        let auth = self.state.auth.as_ref().expect("authentication is on in tests");
+        auth.issue_for(client, scope, nara_gateway::auth::layer::unix_now()).expect("token issued").access_token
+    }
+
     /// Sends a request to a path under the server root (e.g. `/fhir/Patient`).
     pub async fn send(&self, method: Method, path: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Resp {
         let url = if path.starts_with("http") { path.to_string() } else { format!("http://{}{path}", self.addr) };
         let mut req = self.client.request(method, url);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization")) {
+            req = req.bearer_auth(&self.token);
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }

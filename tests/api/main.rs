@@ -8,4 +8,5 @@ mod fhir_client;
 mod helpers;
 mod http;
 mod search;
+mod security;
 mod validation;
