@@ -109,7 +109,7 @@ impl Actor {
             return None;
         }
         Some(Filter::Any(vec![store::plan::Atom::Token {
-            param: crate::store::sqlite::ACCESS_PARAM,
+            param: store::ACCESS_PARAM,
             query: crate::fhir::search::values::TokenQuery::NoSystemCode(org.to_owned()),
         }]))
     }

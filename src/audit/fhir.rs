@@ -12,6 +12,7 @@ use crate::{
     fhir::{
         bundle::BundleWriter,
         format::{Answer, Payload},
+        interactions,
         search::{
             self,
             values::{Prefix, parse_date, parse_token},
@@ -102,17 +103,10 @@ pub async fn search(st: &AppState, query: &[(String, String)], base: &str) -> Re
                 applied.push((k.clone(), v.clone()));
             }
             "_count" => {
-                let n: u32 = v
-                    .parse()
-                    .map_err(|_| ApiError::invalid_at("invalid", format!("`{v}` is not a whole number"), "_count"))?;
-                q.count = n.clamp(1, st.config.fhir.max_count) as usize;
+                q.count = interactions::page_size(v, st.config.fhir.max_count)?;
                 applied.push((k.clone(), v.clone()));
             }
-            "_cursor" => {
-                q.below_seq = Some(v.parse().map_err(|_| {
-                    ApiError::invalid_at("invalid", "the paging position is not valid; follow the next link", "_cursor")
-                })?);
-            }
+            "_cursor" => q.below_seq = Some(interactions::paging_position(v)?),
             "_format" | "_pretty" => {}
             other => {
                 return Err(ApiError::invalid_at(

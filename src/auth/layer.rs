@@ -52,7 +52,7 @@ fn route_requirement(method: &Method, path: &str) -> Option<Requirement> {
     if path.starts_with("/api/") && !(method == Method::GET && path.starts_with("/api/transfers/")) {
         return Some(("nara/admin", |c: &Caller| c.scopes.has_admin()));
     }
-    if path == "/fhir/AuditEvent" || path.starts_with("/fhir/AuditEvent/") || path.starts_with("/fhir/AuditEvent?") {
+    if path == "/fhir/AuditEvent" || path.starts_with("/fhir/AuditEvent/") {
         return Some(("nara/admin", |c: &Caller| c.scopes.has_admin()));
     }
     None

@@ -614,10 +614,7 @@ pub async fn history(
     for (k, v) in query {
         match k.as_str() {
             "_count" => {
-                let n: u32 = v
-                    .parse()
-                    .map_err(|_| ApiError::invalid_at("invalid", format!("`{v}` is not a whole number"), "_count"))?;
-                q.count = n.clamp(1, st.config.fhir.max_count) as usize;
+                q.count = page_size(v, st.config.fhir.max_count)?;
                 applied.push((k.clone(), v.clone()));
             }
             "_since" => {
@@ -632,11 +629,7 @@ pub async fn history(
                 q.before_ms = Some(high.saturating_add(1));
                 applied.push((k.clone(), v.clone()));
             }
-            "_cursor" => {
-                q.after_seq = Some(v.parse().map_err(|_| {
-                    ApiError::invalid_at("invalid", "the paging position is not valid; follow the next link", "_cursor")
-                })?);
-            }
+            "_cursor" => q.after_seq = Some(paging_position(v)?),
             "_format" | "_pretty" => {}
             other => {
                 return Err(ApiError::invalid_at(
@@ -685,6 +678,20 @@ pub async fn history(
     let mut a = Answer::new(StatusCode::OK, Payload::Text(w.finish().into()));
     a.seen = seen;
     Ok(a)
+}
+
+/// A `_count` of a history or audit page: a whole number, kept between 1 and `max`.
+pub fn page_size(v: &str, max: u32) -> Result<usize, ApiError> {
+    let n: u32 =
+        v.parse().map_err(|_| ApiError::invalid_at("invalid", format!("`{v}` is not a whole number"), "_count"))?;
+    Ok(n.clamp(1, max) as usize)
+}
+
+/// The `_cursor` of a history or audit `next` link: a sequence number.
+pub fn paging_position(v: &str) -> Result<i64, ApiError> {
+    v.parse().map_err(|_| {
+        ApiError::invalid_at("invalid", "the paging position is not valid; follow the next link", "_cursor")
+    })
 }
 
 /// Where an issue found in a Bundle entry's request or resource is, seen from the Bundle.

@@ -49,6 +49,9 @@ pub struct Current {
     pub access: String,
 }
 
+/// The internal token search parameter holding the organisations that may see a resource.
+pub const ACCESS_PARAM: &str = "_access";
+
 /// The organisations a resource is visible to, as stored: HSA-ids separated by spaces.
 pub fn access_contains(access: &str, org: &str) -> bool {
     access.split(' ').any(|o| o == org)

@@ -23,6 +23,7 @@ use sqlx::{
 };
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard, oneshot};
 
+use super::ACCESS_PARAM;
 use super::{
     AuditQuery, AuditRecord, AuditRow, Current, HistoryPage, HistoryQuery, IngestRecord, NewVersion, Observed,
     SearchPage, SearchPlan, Store, StoreError, StoreResult, StoreTx, Stored,
@@ -793,14 +794,14 @@ impl StoreTx for SqliteTx {
             std::iter::once(Arg::Text(access.to_owned())).chain(key()),
         );
         self.push(
-            "DELETE FROM idx_token WHERE param = '_access' AND rid = (SELECT rid FROM resources WHERE res_type = ? AND res_id = ?)",
-            key(),
+            "DELETE FROM idx_token WHERE param = ? AND rid = (SELECT rid FROM resources WHERE res_type = ? AND res_id = ?)",
+            std::iter::once(Arg::Text(ACCESS_PARAM.into())).chain(key()),
         );
         for org in access.split(' ').filter(|o| !o.is_empty()) {
             self.push(
                 "INSERT INTO idx_token (rid, param, system, code, text_norm) \
-                 SELECT rid, '_access', NULL, ?, NULL FROM resources WHERE res_type = ? AND res_id = ? AND deleted = 0",
-                std::iter::once(Arg::Text(org.to_owned())).chain(key()),
+                 SELECT rid, ?, NULL, ?, NULL FROM resources WHERE res_type = ? AND res_id = ? AND deleted = 0",
+                [Arg::Text(ACCESS_PARAM.into()), Arg::Text(org.to_owned())].into_iter().chain(key()),
             );
         }
         Ok(())
@@ -886,9 +887,6 @@ const INDEX_TABLES: [IndexTable; 7] = [
     IndexTable::Quantity,
     IndexTable::Uri,
 ];
-
-/// The internal token parameter holding the organisations that may see a resource.
-pub const ACCESS_PARAM: &str = "_access";
 
 /// Longest buffered write text kept prepared in the statement cache.
 const CACHED_WRITE_TEXT: usize = 8 * 1024;

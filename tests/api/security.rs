@@ -3,7 +3,7 @@
 use nara_gateway::auth::ClientSigner;
 use reqwest::{Method, StatusCode};
 
-use crate::helpers::{TestApp, observation_json, patient_json, spawn_app};
+use crate::helpers::{TestApp, patient_json, spawn_app};
 
 const CERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/certs-example/clients");
 
@@ -97,50 +97,44 @@ async fn a_municipality_sees_and_changes_only_its_own_data() {
     let app = spawn_app().await;
     let lund = format!("Bearer {}", app.token_for("lund-ehr", None));
     let malmo = format!("Bearer {}", app.token_for("malmo-ehr", None));
-    let as_ = |t: &str| vec![("authorization", t.to_owned())];
-    let send = |m: Method, path: &str, body: Option<String>, who: &str| {
-        let headers = as_(who);
+    let send = |m: Method, path: String, body: Option<String>, who: &str| {
+        let auth = who.to_owned();
         let app = &app;
-        let path = path.to_owned();
-        async move {
-            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            app.send(m, &path, body.as_deref(), &h).await
-        }
+        async move { app.send(m, &path, body.as_deref(), &[("authorization", auth.as_str())]).await }
     };
-    let p = send(Method::POST, "/fhir/Patient", Some(patient_json("Lund", "191212121212")), &lund).await;
+    let p = send(Method::POST, "/fhir/Patient".into(), Some(patient_json("Lund", "191212121212")), &lund).await;
     assert_eq!(p.status, StatusCode::FORBIDDEN, "municipal scopes are read-only for Patient: {}", p.text);
     // The region creates the patient; Lund documents an observation.
     let pid = app.create("Patient", &patient_json("Tolvansson", "191212121212")).await;
-    let o = send(Method::POST, "/fhir/Task", Some(task_json(&pid)), &lund).await;
+    let o = send(Method::POST, "/fhir/Task".into(), Some(task_json(&pid)), &lund).await;
     assert_eq!(o.status, StatusCode::CREATED, "{}", o.text);
     let tid = o.id();
 
-    let mine = send(Method::GET, "/fhir/Task", None, &lund).await;
+    let mine = send(Method::GET, "/fhir/Task".into(), None, &lund).await;
     assert_eq!(mine.json["total"], 1, "{}", mine.text);
-    let theirs = send(Method::GET, "/fhir/Task", None, &malmo).await;
+    let theirs = send(Method::GET, "/fhir/Task".into(), None, &malmo).await;
     assert_eq!(theirs.json["total"], 0, "{}", theirs.text);
-    let read = send(Method::GET, &format!("/fhir/Task/{tid}"), None, &malmo).await;
+    let read = send(Method::GET, format!("/fhir/Task/{tid}"), None, &malmo).await;
     assert_eq!(read.status, StatusCode::NOT_FOUND);
     let mut changed: serde_json::Value = serde_json::from_str(&task_json(&pid)).unwrap();
     changed["id"] = tid.clone().into();
-    let write = send(Method::PUT, &format!("/fhir/Task/{tid}"), Some(changed.to_string()), &malmo).await;
+    let write = send(Method::PUT, format!("/fhir/Task/{tid}"), Some(changed.to_string()), &malmo).await;
     assert_eq!(write.status, StatusCode::FORBIDDEN, "{}", write.text);
     // The region reads across municipalities.
     assert_eq!(app.get("/fhir/Task").await.json["total"], 1);
     // The patient's log extract shows the accesses.
     let admin = format!("Bearer {}", app.token_for("nara-admin", None));
-    let extract = send(Method::GET, &format!("/fhir/AuditEvent?patient=Patient/{pid}"), None, &admin).await;
+    let extract = send(Method::GET, format!("/fhir/AuditEvent?patient=Patient/{pid}"), None, &admin).await;
     assert_eq!(extract.status, StatusCode::OK, "{}", extract.text);
     assert!(extract.json["entry"].as_array().unwrap().len() >= 2, "{}", extract.text);
     let by_pnr = send(
         Method::GET,
-        "/fhir/AuditEvent?patient:identifier=http://electronichealth.se/identifier/personnummer|191212121212",
+        "/fhir/AuditEvent?patient:identifier=http://electronichealth.se/identifier/personnummer|191212121212".into(),
         None,
         &admin,
     )
     .await;
     assert_eq!(by_pnr.json["entry"].as_array().map(Vec::len), extract.json["entry"].as_array().map(Vec::len));
-    let _ = observation_json;
 }
 
 #[tokio::test]
