@@ -37,6 +37,11 @@ pub struct Actor {
 /// authenticated client may read.
 const DIRECTORY_TYPES: &[&str] = &["Organization", "Practitioner", "PractitionerRole"];
 
+/// Whether `ty` is a directory type (readable by every authenticated client).
+pub fn is_directory_type(ty: &str) -> bool {
+    DIRECTORY_TYPES.contains(&ty)
+}
+
 impl Actor {
     /// The gateway itself (CLI import, background work): unrestricted.
     pub fn gateway() -> Actor {
@@ -72,9 +77,16 @@ impl Actor {
         }
     }
 
-    /// The organisation reads and writes are bound to, for bound actors.
+    /// The organisation reads and writes are bound to, for bound actors: its
+    /// organisationsnummer, so that every unit of one care giver (HSA-ids
+    /// `SE<orgnr>-…`) is the same organisation.
     pub fn bound_to(&self) -> Option<&str> {
-        (!self.cross_org).then_some(self.organization.as_str())
+        (!self.cross_org).then(|| self.access_key())
+    }
+
+    /// The key of the actor's organisation in access sets (its organisationsnummer).
+    pub fn access_key(&self) -> &str {
+        crate::identity::organisation_key(&self.organization)
     }
 
     /// Whether a resource of type `ty` with the stored access set may be read.
@@ -98,7 +110,7 @@ impl Actor {
     /// The access set of a version this actor writes over `previous`: the
     /// earlier organisations stay, the writer's own is added.
     pub fn access_after_write(&self, previous: &str) -> String {
-        store::access_with(previous, &self.organization)
+        store::access_with(previous, self.access_key())
     }
 
     /// The search filter that restricts a bound actor to what it may see;
@@ -133,12 +145,12 @@ mod tests {
     #[test]
     fn a_municipal_actor_sees_its_own_and_directory_entries_only() {
         let a = lund();
-        assert!(a.may_see("Observation", "SE2120001231-0001"));
-        assert!(a.may_see("Observation", "SE2321000255-0001 SE2120001231-0001"));
-        assert!(!a.may_see("Observation", "SE2120000829-0001"));
+        assert!(a.may_see("Observation", "2120001231"));
+        assert!(a.may_see("Observation", "2321000255 2120001231"));
+        assert!(!a.may_see("Observation", "2120000829"));
         assert!(!a.may_see("Observation", ""));
-        assert!(a.may_see("Organization", "SE2120000829-0001"));
-        assert!(!a.may_change("SE2120000829-0001"));
+        assert!(a.may_see("Organization", "2120000829"));
+        assert!(!a.may_change("2120000829"));
         assert!(a.search_filter("Observation").is_some());
         assert!(a.search_filter("Practitioner").is_none());
     }
@@ -147,16 +159,16 @@ mod tests {
     fn cross_organisation_actors_are_not_bound() {
         let mut a = lund();
         a.cross_org = true;
-        assert!(a.may_see("Observation", "SE2120000829-0001"));
+        assert!(a.may_see("Observation", "2120000829"));
         assert!(a.search_filter("Observation").is_none());
     }
 
     #[test]
     fn writing_adds_the_writer_without_dropping_earlier_organisations() {
         let a = lund();
-        assert_eq!(a.access_after_write(""), "SE2120001231-0001");
-        assert_eq!(a.access_after_write("SE2321000255-0001"), "SE2321000255-0001 SE2120001231-0001");
-        assert_eq!(a.access_after_write("SE2120001231-0001"), "SE2120001231-0001");
+        assert_eq!(a.access_after_write(""), "2120001231");
+        assert_eq!(a.access_after_write("2321000255"), "2321000255 2120001231");
+        assert_eq!(a.access_after_write("2120001231"), "2120001231");
         assert_eq!(Actor::gateway().access_after_write("X"), "X");
     }
 }

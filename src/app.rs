@@ -1,7 +1,10 @@
 //! Application state, the router, and `serve`: the one entry point used by
 //! both the binary and the tests (port 0, real router, never a copy).
 
-use std::{future::Future, sync::Arc};
+use std::{
+    future::Future,
+    sync::{Arc, RwLock},
+};
 
 use axum::{
     Router,
@@ -12,7 +15,13 @@ use axum::{
 };
 use tokio::net::TcpListener;
 
-use crate::{config::Config, error::ApiError, metrics::Metrics, store::Store};
+use crate::{
+    config::Config,
+    error::ApiError,
+    mapping::{LoadError, MappingSet},
+    metrics::Metrics,
+    store::Store,
+};
 
 /// Shared state of a running gateway; cheap to clone.
 #[derive(Clone)]
@@ -24,6 +33,8 @@ pub struct AppState {
     pub started: Arc<str>,
     /// Token verification and issuing; `None` when `auth.enabled = false` (development only).
     pub auth: Option<Arc<crate::auth::Auth>>,
+    /// The mappings in effect; replaced whole on reload, so a request keeps the set it started with.
+    mappings: Arc<RwLock<Arc<MappingSet>>>,
 }
 
 impl AppState {
@@ -50,6 +61,17 @@ impl AppState {
             tracing::warn!("authentication is switched off (auth.enabled = false): every request acts as the gateway");
             None
         };
+        let mappings = load_mappings(&config).map_err(|errors| {
+            anyhow::anyhow!(
+                "the mappings have mistakes:\n{}",
+                errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n")
+            )
+        })?;
+        tracing::info!(
+            origin = %mappings.origin,
+            mappings = %mappings.iter().map(|m| format!("{} {}", m.name, m.version)).collect::<Vec<_>>().join(", "),
+            "mappings loaded"
+        );
         let store = crate::store::open(&config.database).await?;
         Ok(AppState {
             config: Arc::new(config),
@@ -57,7 +79,26 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             started: crate::fhir::format::instant(chrono::Utc::now().timestamp_millis()).into(),
             auth,
+            mappings: Arc::new(RwLock::new(Arc::new(mappings))),
         })
+    }
+
+    /// The mappings in effect now.
+    pub fn mappings(&self) -> Arc<MappingSet> {
+        match self.mappings.read() {
+            Ok(m) => m.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Loads the mappings again; on any mistake the old set stays in effect and the mistakes are returned.
+    pub fn reload_mappings(&self) -> Result<Arc<MappingSet>, Vec<LoadError>> {
+        let fresh = Arc::new(load_mappings(&self.config)?);
+        match self.mappings.write() {
+            Ok(mut m) => *m = fresh.clone(),
+            Err(poisoned) => *poisoned.into_inner() = fresh.clone(),
+        }
+        Ok(fresh)
     }
 
     /// The server root for absolute URLs (`https://host:port`), from
@@ -92,6 +133,11 @@ pub fn auth_from_config(config: &Config, token_url: String) -> anyhow::Result<cr
     crate::auth::Auth::from_config(&auth, token_url)
 }
 
+/// Loads the mappings `mappings.dir` names (the shipped ones when the default folder is absent).
+pub fn load_mappings(config: &Config) -> Result<MappingSet, Vec<LoadError>> {
+    MappingSet::load(&config.mappings.dir, config.mappings.may_use_built_in())
+}
+
 /// The issuer of access tokens when neither `auth.issuer` nor `server.public_base_url` is set.
 pub const DEFAULT_ISSUER: &str = "https://nara-gateway.invalid";
 
@@ -99,6 +145,7 @@ pub const DEFAULT_ISSUER: &str = "https://nara-gateway.invalid";
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(crate::fhir::rest::router())
+        .merge(crate::ingest::http::router())
         .route("/auth/token", axum::routing::post(crate::auth::layer::token))
         .route("/.well-known/smart-configuration", get(crate::auth::layer::smart_configuration))
         .route("/.well-known/jwks.json", get(crate::auth::layer::jwks))

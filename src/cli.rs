@@ -34,6 +34,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     println!("listening on {scheme}://{addr}");
     tracing::info!(%addr, "nara-gateway started; FHIR API at /fhir, health at /health/ready");
     print_development_hints(&state, addr);
+    tokio::spawn(reload_on_hangup(state.clone()));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::app::serve(state, listener, async move {
         let _ = stop_rx.await;
@@ -46,6 +47,178 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
     }
     Ok(())
+}
+
+/// Reloads the mappings on SIGHUP; a set with mistakes is refused and the old one stays.
+async fn reload_on_hangup(state: AppState) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; mappings reload only on restart");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match state.reload_mappings() {
+                Ok(set) => tracing::info!(
+                    mappings = %set.iter().map(|m| format!("{} {}", m.name, m.version)).collect::<Vec<_>>().join(", "),
+                    "mappings reloaded"
+                ),
+                Err(errors) => {
+                    for e in &errors {
+                        tracing::error!(mistake = %e, "mapping reload refused; the previous mappings stay in effect");
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = state;
+}
+
+/// `nara-gateway mapping check [DIR]`: loads the mappings and prints every mistake as `file:line: what`.
+pub fn mapping_check(config: &Config, dir: Option<&Path>) -> anyhow::Result<()> {
+    let set = load_mappings_for_cli(config, dir)?;
+    for m in set.iter() {
+        println!("ok  {} {}  ({})", m.name, m.version, m.file);
+    }
+    println!("{} mapping(s) valid ({})", set.iter().count(), set.origin);
+    Ok(())
+}
+
+fn load_mappings_for_cli(config: &Config, dir: Option<&Path>) -> anyhow::Result<crate::mapping::MappingSet> {
+    let result = match dir {
+        Some(d) => crate::mapping::MappingSet::load_dir(d),
+        None => crate::app::load_mappings(config),
+    };
+    result.map_err(|errors| {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        anyhow::anyhow!("{} mistake(s) in the mappings", errors.len())
+    })
+}
+
+/// `nara-gateway mapping test [DIR] [--update]`: runs every mapping's fixtures and shows a diff for each failure.
+pub fn mapping_test(config: &Config, dir: Option<&Path>, update: bool) -> anyhow::Result<()> {
+    use crate::mapping::fixtures::{Outcome, run};
+    let folder = dir.map_or_else(|| config.mappings.dir.clone(), Path::to_path_buf);
+    let set = crate::mapping::MappingSet::load_dir(&folder).map_err(|errors| {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        anyhow::anyhow!("{} mistake(s) in the mappings", errors.len())
+    })?;
+    let results = run(&set, &folder, update);
+    let mut failed = 0;
+    for r in &results {
+        match &r.outcome {
+            Outcome::Passed => println!("pass    {}/{}", r.mapping, r.case),
+            Outcome::Updated => println!("updated {}/{}", r.mapping, r.case),
+            Outcome::Failed(diff) => {
+                failed += 1;
+                println!("FAIL    {}/{}  (- expected, + actual)\n{diff}", r.mapping, r.case);
+            }
+            Outcome::Broken(why) => {
+                failed += 1;
+                println!("BROKEN  {}/{}: {why}", r.mapping, r.case);
+            }
+        }
+    }
+    println!("{} fixture(s), {failed} failed", results.len());
+    if failed > 0 { Err(anyhow::anyhow!("{failed} fixture(s) failed")) } else { Ok(()) }
+}
+
+/// `nara-gateway import --mapping NAME FILE…`: pushes JSON or NDJSON files
+/// straight into the store as the gateway itself, with progress on stderr and a summary.
+pub async fn import(config: Config, mapping: &str, files: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    use crate::ingest::{Status, prepare, write_all};
+    let set = load_mappings_for_cli(&config, None)?;
+    let Some(m) = set.get(mapping).cloned() else {
+        let known: Vec<&str> = set.iter().map(|m| m.name.as_str()).collect();
+        anyhow::bail!("no mapping named `{mapping}`; loaded: {}", known.join(", "));
+    };
+    let store = crate::store::open(&config.database).await?;
+    let actor = crate::access::Actor::gateway();
+    let mut counts = [0usize; 4];
+    let started = std::time::Instant::now();
+    let mut done = 0usize;
+    for file in files {
+        let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let records = crate::ingest::split_records(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {}",
+                file.display(),
+                e.issues().first().map_or(String::new(), |i| i.diagnostics.clone())
+            )
+        })?;
+        let total = records.len();
+        for (chunk_no, chunk) in records.chunks(config.ingest.batch_chunk).enumerate() {
+            let mut prepared = Vec::new();
+            for (i, r) in chunk.iter().enumerate() {
+                let index = chunk_no * config.ingest.batch_chunk + i;
+                let outcome = match r {
+                    Ok(record) => prepare(&set, &m, &actor, record),
+                    Err(issue) => Err(crate::ingest::Receipt::rejected_with(issue.clone())),
+                };
+                match outcome {
+                    Ok(p) => prepared.push((index, p)),
+                    Err(receipt) => {
+                        counts[3] += 1;
+                        report_rejection(file, index, &receipt);
+                    }
+                }
+            }
+            let request = format!("import {mapping}");
+            for (index, receipt) in write_all(&store, &actor, prepared, config.ingest.batch_chunk, &request).await {
+                match receipt.status {
+                    Status::Created => counts[0] += 1,
+                    Status::Updated => counts[1] += 1,
+                    Status::Unchanged => counts[2] += 1,
+                    Status::Rejected => {
+                        counts[3] += 1;
+                        report_rejection(file, index, &receipt);
+                    }
+                }
+            }
+            done += chunk.len();
+            let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
+            let filled = (chunk_no + 1) * config.ingest.batch_chunk * 30 / total.max(1);
+            eprint!(
+                "\r{} [{:<30}] {}/{} records, {:.0}/s",
+                file.display(),
+                "#".repeat(filled.min(30)),
+                (chunk_no * config.ingest.batch_chunk + chunk.len()).min(total),
+                total,
+                rate
+            );
+        }
+        eprintln!();
+    }
+    println!(
+        "created {}, updated {}, unchanged {}, rejected {} ({} records in {:.1} s)",
+        counts[0],
+        counts[1],
+        counts[2],
+        counts[3],
+        done,
+        started.elapsed().as_secs_f64()
+    );
+    if counts[3] > 0 { Err(anyhow::anyhow!("{} record(s) rejected", counts[3])) } else { Ok(()) }
+}
+
+fn report_rejection(file: &Path, index: usize, receipt: &crate::ingest::Receipt) {
+    let issues = receipt.rejection.as_ref().map(|(_, i)| i.as_slice()).unwrap_or_default();
+    for i in issues {
+        let at = i.expression.as_deref().unwrap_or("");
+        eprintln!(
+            "\n{}: record {} ({}): {at}: {}",
+            file.display(),
+            index + 1,
+            receipt.record_id.as_deref().unwrap_or("?"),
+            i.diagnostics
+        );
+    }
 }
 
 /// Tells a developer running on the example setup how to get going (on

@@ -20,6 +20,50 @@ pub struct Config {
     pub log: LogConfig,
     /// Tokens, registered clients, the gateway's signing key.
     pub auth: crate::auth::AuthConfig,
+    /// Mapping definitions for the municipal push.
+    pub mappings: MappingsConfig,
+    /// The municipal push endpoints.
+    pub ingest: IngestConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MappingsConfig {
+    /// Folder of mapping definitions (`<name>/mapping.toml`) and `reference/`.
+    /// When it is the default `mappings` and does not exist, the shipped
+    /// mappings compiled into the binary are used.
+    pub dir: std::path::PathBuf,
+}
+
+impl Default for MappingsConfig {
+    fn default() -> Self {
+        MappingsConfig { dir: DEFAULT_MAPPINGS_DIR.into() }
+    }
+}
+
+/// The default `mappings.dir`.
+pub const DEFAULT_MAPPINGS_DIR: &str = "mappings";
+
+impl MappingsConfig {
+    /// Whether a missing folder may fall back to the shipped mappings.
+    pub fn may_use_built_in(&self) -> bool {
+        self.dir == Path::new(DEFAULT_MAPPINGS_DIR)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Largest accepted body of `POST /ingest/{mapping}/batch`, in bytes.
+    pub max_batch_bytes: usize,
+    /// Records of one batch written in one database transaction.
+    pub batch_chunk: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig { max_batch_bytes: 64 * 1024 * 1024, batch_chunk: 250 }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -192,6 +236,12 @@ impl Config {
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(key_error("log.format", "must be `text` or `json`"));
+        }
+        if self.ingest.max_batch_bytes < 1024 {
+            return Err(key_error("ingest.max_batch_bytes", "must be at least 1024"));
+        }
+        if !(1..=10_000).contains(&self.ingest.batch_chunk) {
+            return Err(key_error("ingest.batch_chunk", "must be between 1 and 10000"));
         }
         Ok(())
     }

@@ -19,10 +19,18 @@ pub mod config;
 pub mod error;
 /// The FHIR R4 REST API: interactions, search, Bundles, validation, CapabilityStatement.
 pub mod fhir;
+/// Swedish identifiers (personnummer, samordningsnummer, HSA-id, kommunkod) as validated newtypes.
+pub mod identity;
+/// The municipal push: `/ingest`, receipts, idempotent atomic writes with Provenance.
+pub mod ingest;
 /// A lossless JSON tree: exact numbers, key order, no duplicate keys.
 pub mod json;
+/// Declarative mappings from municipal push formats to FHIR: language, loading, fixtures.
+pub mod mapping;
 /// Request counts and latency histograms in Prometheus format.
 pub mod metrics;
+/// Shipped reference data: the region's municipalities and delregions.
+pub mod reference;
 /// The `Store` trait, the SQLite backend and the SQL shared by backends.
 pub mod store;
 /// TLS and mutual TLS: settings, rustls configuration, client identity, HTTPS serving.

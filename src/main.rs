@@ -31,6 +31,35 @@ enum Command {
     /// Access tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Mapping definitions: check them, run their fixtures
+    #[command(subcommand)]
+    Mapping(MappingCommand),
+    /// Push municipal records from JSON-array or NDJSON files straight into the store
+    Import {
+        /// The mapping the records are in (e.g. funktionsstatus)
+        #[arg(long)]
+        mapping: String,
+        /// Files of records: a JSON array or one record per line
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum MappingCommand {
+    /// Load and validate the mapping files; every mistake is printed as file:line: what
+    Check {
+        /// Mappings folder (default: mappings.dir)
+        dir: Option<PathBuf>,
+    },
+    /// Run each mapping's fixtures (mappings/<name>/fixtures/) and show a diff where the output differs
+    Test {
+        /// Mappings folder (default: mappings.dir)
+        dir: Option<PathBuf>,
+        /// Write the actual output as the expected files instead of comparing
+        #[arg(long)]
+        update: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -103,6 +132,13 @@ fn main() -> anyhow::Result<()> {
             Command::Token(TokenCommand::Issue { client, scope }) => {
                 nara_gateway::cli::token_issue(&config, &client, scope.as_deref())
             }
+            Command::Mapping(MappingCommand::Check { dir }) => {
+                nara_gateway::cli::mapping_check(&config, dir.as_deref())
+            }
+            Command::Mapping(MappingCommand::Test { dir, update }) => {
+                nara_gateway::cli::mapping_test(&config, dir.as_deref(), update)
+            }
+            Command::Import { mapping, files } => nara_gateway::cli::import(config, &mapping, &files).await,
         }
     })
 }

@@ -66,7 +66,7 @@ pub fn example_clients() -> Vec<ClientConfig> {
     vec![
         client("lund-ehr", "SE2120001231-0001", Some("1281"), &municipal, "Lunds kommun (example)"),
         client("malmo-ehr", "SE2120000829-0001", Some("1280"), &municipal, "Malmö stad (example)"),
-        client("region-skane", "SE2321000255-0001", None, &["system/*.cruds"], "Region Skåne (example)"),
+        client("region-skane", "SE2321000255-0001", None, &["system/*.cruds", "nara/ingest"], "Region Skåne (example)"),
         client(
             "nara-admin",
             "SE2321000255-0001",

@@ -199,15 +199,30 @@ async fn put_version(
     id: &str,
     version: i64,
     method: &'static str,
-    mut body: Value,
+    body: Value,
     status: StatusCode,
     previous_access: &str,
+) -> Result<Written, ApiError> {
+    let access = actor.access_after_write(previous_access);
+    put_with_access(tx, ty, id, version, method, body, status, &access).await
+}
+
+/// Writes `body` as version `version` of `ty/id` visible to the organisations in `access`.
+#[expect(clippy::too_many_arguments, reason = "the parts of one version")]
+pub async fn put_with_access(
+    tx: &mut dyn StoreTx,
+    ty: &str,
+    id: &str,
+    version: i64,
+    method: &'static str,
+    mut body: Value,
+    status: StatusCode,
+    access: &str,
 ) -> Result<Written, ApiError> {
     let at_ms = now_ms();
     let text = resource::finalize(&mut body, id, version, at_ms);
     let index: Vec<_> = extract::extract(&body).into_iter().map(|(def, v)| (def.code, v)).collect();
     let patients = patients_of(ty, id, &index);
-    let access = actor.access_after_write(previous_access);
     tx.put(crate::store::NewVersion {
         ty,
         id,
@@ -216,7 +231,7 @@ async fn put_version(
         method,
         body: &text,
         index,
-        access: &access,
+        access,
         patients: &patients,
     })
     .await?;

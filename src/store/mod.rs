@@ -33,8 +33,8 @@ pub struct Stored {
     pub method: &'static str,
     /// The resource's JSON text with `id` and `meta`; empty for deletions.
     pub body: Arc<str>,
-    /// Organisations (HSA-ids, space-separated) that may see the resource
-    /// besides region and admin clients; empty on history rows.
+    /// Organisations (organisationsnummer, space-separated) that may see the
+    /// resource besides region and admin clients; empty on history rows.
     pub access: Arc<str>,
     /// The patients the resource is about (`Patient/id`, space-separated); empty on history rows.
     pub patients: Arc<str>,
@@ -52,7 +52,7 @@ pub struct Current {
 /// The internal token search parameter holding the organisations that may see a resource.
 pub const ACCESS_PARAM: &str = "_access";
 
-/// The organisations a resource is visible to, as stored: HSA-ids separated by spaces.
+/// Whether `org` is in an access set (organisationsnummer separated by spaces).
 pub fn access_contains(access: &str, org: &str) -> bool {
     access.split(' ').any(|o| o == org)
 }

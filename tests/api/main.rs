@@ -7,6 +7,7 @@ mod crud;
 mod fhir_client;
 mod helpers;
 mod http;
+mod ingest;
 mod search;
 mod security;
 mod validation;

@@ -1,0 +1,590 @@
+//! The municipal push: records in a mapping's input format are checked,
+//! mapped to FHIR, bound to the pushing organisation and written — each
+//! record atomically (all its resources or none), idempotently on
+//! `(sourceSystem, recordId)`, with a Provenance and an audit entry in the
+//! same transaction.
+//!
+//! Ids are derived, not random: a record's own resources get
+//! `sha256(sourceSystem, recordId, key)`, so a repeated push finds them again;
+//! shared resources (Patient, Organization, Practitioner, PractitionerRole)
+//! are found by identifier, or created with `sha256(type, system, value)`,
+//! so concurrent pushes of one patient meet on one id instead of creating two.
+
+pub mod http;
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::http::StatusCode;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    access::Actor,
+    audit,
+    error::{ApiError, Issue},
+    fhir::{format::Seen, interactions},
+    identity::HsaId,
+    json::{Object, Value},
+    mapping::{Identity, KEY_REFERENCE_PREFIX, MappedRecord, Mapping, MappingSet, Rejected},
+    store::{self, Filter, IngestRecord, SearchPlan, Store, StoreTx, plan::Atom},
+};
+
+pub use http::split_batch as split_records;
+
+/// The most records one batch may carry (SPEC).
+pub const MAX_BATCH_RECORDS: usize = 10_000;
+
+/// What happened to one record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Created,
+    Updated,
+    Unchanged,
+    Rejected,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Updated => "updated",
+            Status::Unchanged => "unchanged",
+            Status::Rejected => "rejected",
+        }
+    }
+}
+
+/// The answer for one record.
+#[derive(Clone, Debug)]
+pub struct Receipt {
+    pub record_id: Option<String>,
+    pub status: Status,
+    /// `Type/id` of every resource the record maps to.
+    pub resources: Vec<String>,
+    /// For rejected records: the HTTP status a single push answers and the issues.
+    pub rejection: Option<(StatusCode, Vec<Issue>)>,
+}
+
+impl Receipt {
+    fn rejected(record_id: Option<String>, status: StatusCode, issues: Vec<Issue>) -> Receipt {
+        Receipt { record_id, status: Status::Rejected, resources: Vec::new(), rejection: Some((status, issues)) }
+    }
+
+    /// A record that could not even be read (not JSON).
+    pub fn rejected_with(issue: Issue) -> Receipt {
+        Receipt::rejected(None, StatusCode::BAD_REQUEST, vec![issue])
+    }
+
+    fn from_error(record_id: Option<String>, e: &ApiError) -> Receipt {
+        Receipt::rejected(record_id, e.status(), e.issues())
+    }
+
+    /// The status a single push answers with.
+    pub fn http_status(&self) -> StatusCode {
+        match (&self.rejection, self.status) {
+            (Some((s, _)), _) => *s,
+            (None, Status::Created) => StatusCode::CREATED,
+            (None, _) => StatusCode::OK,
+        }
+    }
+
+    /// `{"recordId", "status", "resources", "outcome"}` as SPEC defines it.
+    pub fn to_json(&self) -> Value {
+        let mut o = Object::new();
+        o.insert("recordId", self.record_id.as_deref().map_or(Value::Null, Value::from));
+        o.insert("status", self.status.as_str().into());
+        o.insert("resources", Value::Array(self.resources.iter().map(|r| Value::from(r.as_str())).collect()));
+        if let Some((_, issues)) = &self.rejection {
+            o.insert("outcome", crate::error::operation_outcome(issues));
+        }
+        Value::Object(o)
+    }
+}
+
+/// A record that passed its checks, ready to write.
+pub struct Prepared {
+    pub mapping: Arc<Mapping>,
+    pub mapped: MappedRecord,
+    /// SHA-256 over the mapping's name and version and everything the record maps to.
+    pub content_hash: String,
+}
+
+/// Checks and maps one record and binds it to the actor's organisation.
+pub fn prepare(set: &MappingSet, mapping: &Arc<Mapping>, actor: &Actor, record: &Value) -> Result<Prepared, Receipt> {
+    let record_id = record.get("recordId").and_then(Value::as_str).map(str::to_owned);
+    let mapped = match mapping.apply(record, &set.reference) {
+        Ok(m) => m,
+        Err(Rejected::Input(issues)) => {
+            let issues = issues
+                .into_iter()
+                .map(|i| {
+                    let issue = Issue::error("invalid", i.message);
+                    if i.path.is_empty() { issue } else { issue.at(i.path) }
+                })
+                .collect();
+            return Err(Receipt::rejected(record_id, StatusCode::BAD_REQUEST, issues));
+        }
+        Err(Rejected::Mapping(issues)) => {
+            tracing::error!(mapping = %mapping.name, first = %issues[0], "a mapping produced invalid FHIR");
+            let issues = issues.into_iter().map(|i| Issue::error("processing", i.message).at(i.path)).collect();
+            return Err(Receipt::rejected(record_id, StatusCode::UNPROCESSABLE_ENTITY, issues));
+        }
+    };
+    // Every client pushes for its own organisation only, region clients too;
+    // only the gateway itself (`nara-gateway import`) acts for any.
+    if actor.scopes.is_some() {
+        let org = actor.access_key();
+        if mapped.organization.organisationsnummer() != org {
+            let issue = Issue::error(
+                "forbidden",
+                format!(
+                    "the record belongs to organisation {} (organisationsnummer {}); this client acts for organisationsnummer {org}",
+                    mapped.organization,
+                    mapped.organization.organisationsnummer()
+                ),
+            )
+            .at(mapping.organization_path());
+            return Err(Receipt::rejected(record_id, StatusCode::FORBIDDEN, vec![issue]));
+        }
+        if let (Some(own), Some(theirs)) = (&actor.municipality, &mapped.municipality)
+            && own != theirs
+        {
+            let issue =
+                Issue::error("forbidden", format!("the record is for kommun {theirs}; this client pushes for {own}"))
+                    .at(mapping.municipality_path().unwrap_or("municipality"));
+            return Err(Receipt::rejected(record_id, StatusCode::FORBIDDEN, vec![issue]));
+        }
+    }
+    let content_hash = content_hash(mapping, &mapped);
+    Ok(Prepared { mapping: mapping.clone(), mapped, content_hash })
+}
+
+fn content_hash(mapping: &Mapping, mapped: &MappedRecord) -> String {
+    let mut h = Sha256::new();
+    h.update(mapping.name.as_bytes());
+    h.update(b"\n");
+    h.update(mapping.version.as_bytes());
+    for r in &mapped.resources {
+        h.update(b"\n");
+        h.update(r.key.as_bytes());
+        h.update(b"\n");
+        if let Identity::Shared { system, value } = &r.identity {
+            h.update(system.as_bytes());
+            h.update(b"|");
+            h.update(value.as_bytes());
+        }
+        h.update(b"\n");
+        h.update(r.body.to_json().as_bytes());
+    }
+    for r in &mapped.recipients {
+        h.update(b"\nrecipient ");
+        h.update(r.as_str().as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// A derived resource id: 32 hex characters of SHA-256 over the parts.
+pub fn derived_id(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0u8]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// Why writing a record failed: before anything was written (the record
+/// alone is refused; the transaction goes on) or after (the transaction must be abandoned).
+enum WriteError {
+    Refused(ApiError),
+    Aborted(ApiError),
+}
+
+impl From<store::StoreError> for WriteError {
+    fn from(e: store::StoreError) -> Self {
+        WriteError::Aborted(e.into())
+    }
+}
+
+/// The canonical URI of a mapping version, in Provenance.policy.
+pub fn mapping_uri(mapping: &Mapping) -> String {
+    format!("https://nara-gateway.se/mappings/{}/{}", mapping.name, mapping.version)
+}
+
+/// Writes one record inside `tx`: resolves ids, writes the resources, the
+/// Provenance, the ingest bookkeeping and the audit entry.
+async fn write_record(
+    tx: &mut dyn StoreTx,
+    actor: &Actor,
+    p: &Prepared,
+    request: &str,
+) -> Result<(Status, Vec<String>), WriteError> {
+    let m = &p.mapped;
+    let source = m.source_system.as_str();
+    let previous = tx.ingest_record(source, &m.record_id).await?;
+    if let Some(prev) = &previous {
+        if prev.mapping != p.mapping.name {
+            return Err(WriteError::Refused(ApiError::Conflict(format!(
+                "recordId {} of {source} was pushed with the mapping `{}`; it cannot change to `{}`",
+                m.record_id, prev.mapping, p.mapping.name
+            ))));
+        }
+        if prev.content_hash == p.content_hash {
+            let refs: Vec<String> = prev.resources.split(' ').filter(|r| !r.is_empty()).map(str::to_owned).collect();
+            let patients: Arc<str> =
+                refs.iter().filter(|r| r.starts_with("Patient/")).cloned().collect::<Vec<_>>().join(" ").into();
+            let seen: Vec<Seen> =
+                refs.iter().map(|r| Seen { reference: r.clone(), patients: patients.clone() }).collect();
+            audit_in(tx, actor, StatusCode::OK, &seen, request).await?;
+            return Ok((Status::Unchanged, refs));
+        }
+    }
+
+    // Who may see what the record writes: its organisation and its recipients.
+    let mut access = m.organization.organisationsnummer().to_owned();
+    for r in &m.recipients {
+        access = store::access_with(&access, r.organisationsnummer());
+    }
+
+    // Resolve every resource's id before writing anything.
+    let mut targets: Vec<(String, bool)> = Vec::with_capacity(m.resources.len());
+    let mut by_key: HashMap<String, String> = HashMap::new();
+    for r in &m.resources {
+        let (id, exists) = match &r.identity {
+            Identity::Owned => (derived_id(&[source, &m.record_id, &r.key]), false),
+            Identity::Shared { system, value } => {
+                let (id, exists) = find_shared(tx, &r.resource_type, system, value).await?;
+                // The same shared resource twice in one record (a care unit that is also a participant).
+                let earlier = m
+                    .resources
+                    .iter()
+                    .zip(&targets)
+                    .any(|(o, (oid, _))| o.resource_type == r.resource_type && *oid == id);
+                (id, exists || earlier)
+            }
+        };
+        by_key.insert(format!("{KEY_REFERENCE_PREFIX}{}", r.key), format!("{}/{id}", r.resource_type));
+        targets.push((id, exists));
+    }
+    let mut bodies = Vec::with_capacity(m.resources.len());
+    for r in &m.resources {
+        let mut body = r.body.clone();
+        resolve_keys(&mut body, &by_key);
+        if let Some(dangling) = dangling_key_reference(&body) {
+            let message = format!(
+                "mapping {}: `{}` refers to `{dangling}`, which this record does not produce",
+                p.mapping.name, r.key
+            );
+            let issue = Issue::error("processing", message).at(p.mapping.file.clone());
+            return Err(WriteError::Refused(ApiError::Unprocessable(vec![issue])));
+        }
+        bodies.push(body);
+    }
+
+    // Write.
+    let mut written: Vec<interactions::Written> = Vec::new();
+    let mut refs: Vec<String> = Vec::with_capacity(m.resources.len());
+    let mut any_updated = false;
+    for ((r, (id, exists)), body) in m.resources.iter().zip(&targets).zip(bodies) {
+        let ty = r.resource_type.as_str();
+        refs.push(format!("{ty}/{id}"));
+        match (&r.identity, exists) {
+            (Identity::Shared { .. }, true) => {
+                if !crate::access::is_directory_type(ty) {
+                    let current = tx.current(ty, id).await?.map(|c| c.access).unwrap_or_default();
+                    for key in access.split(' ') {
+                        if !store::access_contains(&current, key) {
+                            tx.grant(ty, id, key).await?;
+                        }
+                    }
+                }
+            }
+            (Identity::Shared { .. }, false) => {
+                written.push(
+                    interactions::put_with_access(tx, ty, id, 1, "PUT", body, StatusCode::CREATED, &access)
+                        .await
+                        .map_err(WriteError::Aborted)?,
+                );
+            }
+            (Identity::Owned, _) => {
+                let current = tx.current(ty, id).await?;
+                let (version, status, previous_access) = match current {
+                    Some(c) => {
+                        any_updated |= !c.deleted;
+                        (c.version + 1, StatusCode::OK, c.access)
+                    }
+                    None => (1, StatusCode::CREATED, String::new()),
+                };
+                let mut merged = previous_access;
+                for key in access.split(' ') {
+                    merged = store::access_with(&merged, key);
+                }
+                written.push(
+                    interactions::put_with_access(tx, ty, id, version, "PUT", body, status, &merged)
+                        .await
+                        .map_err(WriteError::Aborted)?,
+                );
+            }
+        }
+    }
+
+    // Resources an earlier version of the record had and this one does not (fewer goals, say).
+    if let Some(prev) = &previous {
+        let now = interactions::now_ms();
+        for old in prev.resources.split(' ').filter(|r| !r.is_empty() && !refs.contains(&(*r).to_owned())) {
+            let Some((ty, id)) = old.split_once('/') else { continue };
+            let owned = m.resources.iter().all(|r| r.resource_type != ty || matches!(r.identity, Identity::Owned));
+            if !owned || crate::access::is_directory_type(ty) || ty == "Patient" {
+                continue;
+            }
+            if let Some(c) = tx.current(ty, id).await?
+                && !c.deleted
+            {
+                tx.delete(ty, id, c.version + 1, now).await?;
+            }
+        }
+    }
+
+    let status = if previous.is_some() || any_updated { Status::Updated } else { Status::Created };
+    let at_ms = interactions::now_ms();
+    if !written.is_empty() {
+        let provenance = provenance(p, &written, at_ms, status);
+        let id = derived_id(&[source, &m.record_id, "provenance"]);
+        let version = tx.current("Provenance", &id).await?.map_or(1, |c| c.version + 1);
+        interactions::put_with_access(tx, "Provenance", &id, version, "PUT", provenance, StatusCode::OK, &access)
+            .await
+            .map_err(WriteError::Aborted)?;
+    }
+    tx.put_ingest_record(&IngestRecord {
+        source_system: source.to_owned(),
+        record_id: m.record_id.clone(),
+        mapping: p.mapping.name.clone(),
+        content_hash: p.content_hash.clone(),
+        resources: refs.join(" "),
+        municipality: m.municipality.clone(),
+        info_type: p.mapping.info_type.clone(),
+        first_ms: previous.as_ref().map_or(at_ms, |r| r.first_ms),
+        last_ms: at_ms,
+    })
+    .await?;
+    let patients: Arc<str> =
+        refs.iter().filter(|r| r.starts_with("Patient/")).cloned().collect::<Vec<_>>().join(" ").into();
+    let seen: Vec<Seen> = refs.iter().map(|r| Seen { reference: r.clone(), patients: patients.clone() }).collect();
+    let http = if status == Status::Created { StatusCode::CREATED } else { StatusCode::OK };
+    audit_in(tx, actor, http, &seen, request).await?;
+    Ok((status, refs))
+}
+
+async fn audit_in(
+    tx: &mut dyn StoreTx,
+    actor: &Actor,
+    status: StatusCode,
+    seen: &[Seen],
+    request: &str,
+) -> Result<(), store::StoreError> {
+    let entry = audit::Entry { actor, event: audit::Event::Ingest, status, seen, request: Some(request), reason: None };
+    tx.audit(entry.record()).await
+}
+
+/// The id of a shared resource: the derived one if it exists, else one found
+/// by identifier (HSA-ids under any of their systems), else the derived one, new.
+async fn find_shared(
+    tx: &mut dyn StoreTx,
+    ty: &str,
+    system: &str,
+    value: &str,
+) -> Result<(String, bool), store::StoreError> {
+    let system = if HsaId::is_hsa_system(system) { crate::identity::HSA_ID_SYSTEM } else { system };
+    let derived = derived_id(&[ty, system, value]);
+    if let Some(c) = tx.current(ty, &derived).await? {
+        return Ok((derived, !c.deleted));
+    }
+    let systems: Vec<&str> = if system == crate::identity::HSA_ID_SYSTEM {
+        std::iter::once(system).chain(crate::identity::HSA_ID_SYSTEM_ALIASES.iter().copied()).collect()
+    } else {
+        vec![system]
+    };
+    let mut plan = SearchPlan::new(ty);
+    plan.count = 1;
+    plan.filters.push(Filter::Any(
+        systems
+            .into_iter()
+            .map(|s| Atom::Token {
+                param: "identifier",
+                query: crate::fhir::search::values::TokenQuery::SystemCode(s.to_owned(), value.to_owned()),
+            })
+            .collect(),
+    ));
+    match tx.find_ids(&plan).await?.into_iter().next() {
+        Some(found) => Ok((found, true)),
+        None => Ok((derived, false)),
+    }
+}
+
+/// Replaces every `urn:nara:key:…` string (references, attachment URLs) with `Type/id`.
+fn resolve_keys(v: &mut Value, by_key: &HashMap<String, String>) {
+    match v {
+        Value::String(s) if s.starts_with(KEY_REFERENCE_PREFIX) => {
+            if let Some(r) = by_key.get(s.as_str()) {
+                *s = r.clone();
+            }
+        }
+        Value::Object(o) => o.iter_mut().for_each(|(_, v)| resolve_keys(v, by_key)),
+        Value::Array(a) => a.iter_mut().for_each(|v| resolve_keys(v, by_key)),
+        _ => {}
+    }
+}
+
+fn dangling_key_reference(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if s.starts_with(KEY_REFERENCE_PREFIX) => Some(s.clone()),
+        Value::Object(o) => o.iter().find_map(|(_, v)| dangling_key_reference(v)),
+        Value::Array(a) => a.iter().find_map(dangling_key_reference),
+        _ => None,
+    }
+}
+
+/// The Provenance of one push of a record: what was written, from which
+/// source system and record, by which mapping version, when.
+fn provenance(p: &Prepared, written: &[interactions::Written], at_ms: i64, status: Status) -> Value {
+    let m = &p.mapped;
+    let json = |text: String| crate::json::parse(text.as_bytes()).unwrap_or(Value::Null);
+    let targets: Vec<Value> = written
+        .iter()
+        .map(|w| {
+            let mut r = Object::new();
+            r.insert("reference", format!("{}/{}/_history/{}", w.ty, w.id, w.version).into());
+            Value::Object(r)
+        })
+        .collect();
+    let (op, op_display) = if status == Status::Created { ("CREATE", "create") } else { ("UPDATE", "revise") };
+    let mut o = Object::new();
+    o.insert("resourceType", "Provenance".into());
+    o.insert("target", Value::Array(targets));
+    o.insert("recorded", crate::fhir::format::instant(at_ms).into());
+    o.insert("policy", Value::Array(vec![mapping_uri(&p.mapping).into()]));
+    o.insert(
+        "activity",
+        json(format!(
+            r#"{{"coding":[{{"system":"http://terminology.hl7.org/CodeSystem/v3-DataOperation","code":"{op}","display":"{op_display}"}}]}}"#
+        )),
+    );
+    let source = serde_json::json!({
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "author", "display": "Author"}]},
+        "who": {"identifier": {"system": crate::identity::HSA_ID_SYSTEM, "value": m.source_system.as_str()}, "display": "source system"},
+        "onBehalfOf": {"identifier": {"system": crate::identity::HSA_ID_SYSTEM, "value": m.organization.as_str()}}
+    });
+    let gateway = serde_json::json!({
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "assembler", "display": "Assembler"}]},
+        "who": {"display": format!("nara-gateway mapping {} {}", p.mapping.name, p.mapping.version)}
+    });
+    o.insert("agent", Value::Array(vec![source.into(), gateway.into()]));
+    let entity = serde_json::json!({
+        "role": "source",
+        "what": {
+            "identifier": {
+                "system": format!("https://nara-gateway.se/fhir/NamingSystem/record-id/{}", m.source_system),
+                "value": m.record_id
+            },
+            "display": format!("record {} of {}", m.record_id, m.source_system)
+        }
+    });
+    o.insert("entity", Value::Array(vec![entity.into()]));
+    Value::Object(o)
+}
+
+/// Writes prepared records, `chunk` records per transaction. A chunk whose
+/// transaction fails is retried record by record, so one record's failure
+/// never takes another's with it.
+pub async fn write_all(
+    store: &Arc<dyn Store>,
+    actor: &Actor,
+    records: Vec<(usize, Prepared)>,
+    chunk: usize,
+    request: &str,
+) -> Vec<(usize, Receipt)> {
+    let mut out = Vec::with_capacity(records.len());
+    for group in records.chunks(chunk.max(1)) {
+        match write_group(store, actor, group, request).await {
+            Ok(receipts) => out.extend(receipts),
+            Err(_) if group.len() > 1 => {
+                for one in group {
+                    let receipts = match write_group(store, actor, std::slice::from_ref(one), request).await {
+                        Ok(r) => r,
+                        Err(e) => vec![(one.0, Receipt::from_error(Some(one.1.mapped.record_id.clone()), &e))],
+                    };
+                    out.extend(receipts);
+                }
+            }
+            Err(e) => out.push((group[0].0, Receipt::from_error(Some(group[0].1.mapped.record_id.clone()), &e))),
+        }
+    }
+    out
+}
+
+async fn write_group(
+    store: &Arc<dyn Store>,
+    actor: &Actor,
+    group: &[(usize, Prepared)],
+    request: &str,
+) -> Result<Vec<(usize, Receipt)>, ApiError> {
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match try_group(store, actor, group, request).await {
+            Err(ApiError::Conflict(_)) if attempt < ATTEMPTS => continue,
+            other => return other,
+        }
+    }
+}
+
+async fn try_group(
+    store: &Arc<dyn Store>,
+    actor: &Actor,
+    group: &[(usize, Prepared)],
+    request: &str,
+) -> Result<Vec<(usize, Receipt)>, ApiError> {
+    let mut tx = store.begin().await?;
+    let mut receipts = Vec::with_capacity(group.len());
+    for (index, p) in group {
+        let record_id = Some(p.mapped.record_id.clone());
+        match write_record(tx.as_mut(), actor, p, request).await {
+            Ok((status, resources)) => {
+                receipts.push((*index, Receipt { record_id, status, resources, rejection: None }));
+            }
+            Err(WriteError::Refused(e)) => receipts.push((*index, Receipt::from_error(record_id, &e))),
+            Err(WriteError::Aborted(e)) => return Err(e),
+        }
+    }
+    tx.commit().await?;
+    Ok(receipts)
+}
+
+/// Records the refusal of records that never reached the store, before the answer leaves.
+pub async fn audit_rejections(
+    store: &Arc<dyn Store>,
+    actor: &Actor,
+    receipts: &[&Receipt],
+    request: &str,
+) -> Result<(), ApiError> {
+    let records: Vec<_> = receipts
+        .iter()
+        .filter_map(|r| {
+            let (status, issues) = r.rejection.as_ref()?;
+            let reason = issues.first().map(|i| i.code);
+            let entry = audit::Entry {
+                actor,
+                event: audit::Event::Ingest,
+                status: *status,
+                seen: &[],
+                request: Some(request),
+                reason,
+            };
+            Some(entry.record())
+        })
+        .collect();
+    if records.is_empty() {
+        return Ok(());
+    }
+    store.append_audit(records).await.map_err(ApiError::from)
+}
