@@ -8,7 +8,8 @@
 # Per scenario: a release build on a fresh temporary SQLite file (port 0),
 # seeded by bench/seed.py, then wrk (16 connections, 2 threads,
 # BENCH_DURATION seconds, default 15; 10 s request timeout) for read by id, search by
-# subject+category and create. Prints Markdown tables and writes
+# subject+category, create, single ingest and batch ingest (BENCH_BATCH records
+# per request, default 100, as lund-ehr). Prints Markdown tables and writes
 # bench-results/latest.json. Exits non-zero when any request failed.
 #
 # Environment: BENCH_DURATION (seconds per test), BENCH_TOKEN with BENCH_TOKEN_FIXED=1 (sent as
@@ -50,7 +51,7 @@ for tool in python3 curl cargo; do
 done
 
 # The work tree may differ from the commit: fingerprint what was built.
-source_digest=$(cd "$root" && find Cargo.toml Cargo.lock src migrations -type f 2>/dev/null | LC_ALL=C sort |
+source_digest=$(cd "$root" && find Cargo.toml Cargo.lock src migrations mappings -type f 2>/dev/null | LC_ALL=C sort |
   xargs sha256sum | sha256sum | cut -c1-16)
 
 log "cargo build --release"
@@ -59,8 +60,9 @@ bin="$root/target/release/nara-gateway"
 [[ -x "$bin" ]] || die "no binary at $bin"
 # Every request is authenticated and audited: a region client's token, as an
 # operator gets one (tokens live 5 minutes; one is fetched per scenario).
+# The ingest tests push as a municipality (lund-ehr: the records are Lund's).
 fresh_token() {
-  (cd "$root" && NARA_SERVER__TLS__ENABLED=false "$bin" token issue --client region-skane 2>/dev/null)
+  (cd "$root" && NARA_SERVER__TLS__ENABLED=false "$bin" token issue --client "${1:-region-skane}" 2>/dev/null)
 }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/nara-bench.XXXXXX")
@@ -121,9 +123,9 @@ status_kb() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$gw_pid/status"; }
 
 failed=0
 
-# run_wrk SCENARIO TEST SCRIPT IDS
+# run_wrk SCENARIO TEST SCRIPT IDS [CLIENT]
 run_wrk() {
-  [[ -n "${BENCH_TOKEN_FIXED:-}" ]] || export BENCH_TOKEN=$(fresh_token)
+  [[ -n "${BENCH_TOKEN_FIXED:-}" ]] || export BENCH_TOKEN=$(fresh_token "${5:-region-skane}")
   local scenario=$1 test=$2 script=$3 ids=$4 out="$work/$1-$2.wrk" rc=0
   log "$scenario: $test (wrk -t$threads -c$connections -d${duration}s)"
   BENCH_DIR="$bench" wrk -t"$threads" -c"$connections" -d"${duration}s" --timeout 10s --latency \
@@ -166,6 +168,8 @@ scenario() {
   run_wrk "$name" read read.lua "$ids"
   run_wrk "$name" search search.lua "$ids"
   run_wrk "$name" create create.lua "$ids"
+  run_wrk "$name" ingest ingest.lua "$ids" lund-ehr
+  run_wrk "$name" ingest_batch ingest_batch.lua "$ids" lund-ehr
   local hwm rss
   hwm=$(status_kb VmHWM)
   rss=$(status_kb VmRSS)
@@ -214,7 +218,8 @@ load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 export BENCH_WORK="$work" BENCH_STARTED="$started" BENCH_COMMIT="$commit" \
   BENCH_LOAD_BEFORE="$load_before" BENCH_LOAD_AFTER="$load_after" \
   BENCH_CONNECTIONS="$connections" BENCH_THREADS="$threads" BENCH_SECONDS="$duration" \
-  BENCH_OUT="$results/latest.json" BENCH_SEED="$seed" BENCH_SOURCE_DIGEST="$source_digest"
+  BENCH_OUT="$results/latest.json" BENCH_SEED="$seed" BENCH_SOURCE_DIGEST="$source_digest" \
+  BENCH_BATCH="${BENCH_BATCH:-100}"
 python3 - <<'PY'
 import json, os, platform, subprocess
 
@@ -263,7 +268,9 @@ print(f"commit {doc['commit'][:12]} (sources {doc['source_digest']}), {cpu}, npr
       f"load average {doc['load_avg_before']} (before) / {doc['load_avg_after']} (after), "
       f"wrk -t{doc['wrk']['threads']} -c{doc['wrk']['connections']} -d{doc['wrk']['seconds_per_test']}s, "
       f"sqlite synchronous={doc['sqlite_synchronous']}")
-labels = {"read": "read by id", "search": "search subject+category", "create": "create"}
+labels = {"read": "read by id", "search": "search subject+category", "create": "create",
+          "ingest": "ingest, single record", "ingest_batch": "ingest, batches of %s" % env.get("BENCH_BATCH", "100")}
+batch = int(env.get("BENCH_BATCH", "100"))
 for s in scenarios:
     print(f"\n### {s['scenario']}: {s['observations']:,} Observations across {s['patients']:,} patients "
           f"(seeded in {s['seed_seconds']} s)\n")
@@ -274,7 +281,10 @@ for s in scenarios:
             print(f"| {labels[t['test']]} | FAILED (wrk exit {t['wrk_exit']}) | | | |")
             continue
         errors = t["non2xx"] + t["socket_errors"]
-        print(f"| {labels[t['test']]} | {t['rps']:,.0f} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} | {errors} |")
+        rate = f"{t['rps']:,.0f}"
+        if t["test"] == "ingest_batch":
+            rate += f" ({t['rps'] * batch:,.0f} records/s)"
+        print(f"| {labels[t['test']]} | {rate} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} | {errors} |")
     after = ", ".join(f"{t} {v['hwm'] / 1024:.0f} MB" for t, v in s["rss_after_test_kb"].items())
     print(f"\npeak RSS (VmHWM): {s['peak_rss_kb'] / 1024:.1f} MB (after seeding {s['rss_after_seed_kb'] / 1024:.0f} MB "
           f"RSS; peak after each test: {after}); "

@@ -88,6 +88,16 @@ impl Object {
             None => self.0.push((key, value)),
         }
     }
+    /// Appends a member whose key the caller knows is not there yet (keys
+    /// that come from one TOML table, say); skips `insert`'s search.
+    pub fn push_new(&mut self, key: String, value: Value) {
+        debug_assert!(self.get(&key).is_none(), "duplicate key {key}");
+        self.0.push((key, value));
+    }
+    /// An empty object with room for `n` members.
+    pub fn with_capacity(n: usize) -> Self {
+        Object(Vec::with_capacity(n))
+    }
     /// Sets `key` as the object's first member (e.g. `resourceType`, `id`).
     pub fn insert_front(&mut self, key: impl Into<String>, value: Value) {
         let key = key.into();

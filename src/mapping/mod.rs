@@ -185,7 +185,7 @@ impl Mapping {
                 }
                 Some(l) => {
                     let (items, at) = ctx.items(l);
-                    for (i, item) in items.into_iter().enumerate() {
+                    for (i, item) in items.iter().enumerate() {
                         ctx.vars.push((item, i, format!("{at}[{i}]")));
                         let r = self.instance(rule, &mut ctx, format!("{}[{i}]", rule.key));
                         ctx.vars.pop();

@@ -372,12 +372,13 @@ impl Rules {
             out.push(SourceIssue::new(path, "matches a form that is not allowed here"));
         }
         if let Some(c) = &self.condition {
-            let branch = if c.test.passes(v, reference) { &c.then } else { &c.otherwise };
+            let holds = c.test.passes(v, reference);
+            let branch = if holds { &c.then } else { &c.otherwise };
             if let Some(b) = branch {
                 let start = out.len();
                 b.check(v, path, reference, out);
                 if let Some((yes, no)) = &c.described {
-                    let d = if c.test.passes(v, reference) { yes } else { no };
+                    let d = if holds { yes } else { no };
                     for issue in &mut out[start..] {
                         issue.message = format!("{} (when {d})", issue.message);
                     }
@@ -417,8 +418,14 @@ impl Rules {
             out.push(SourceIssue::new(path, format!("must have at most {max} items")));
         }
         if let Some(s) = &self.items {
+            let mut at = String::with_capacity(path.len() + 8);
             for (i, item) in items.iter().enumerate() {
-                s.check(item, &format!("{path}[{i}]"), reference, out);
+                at.clear();
+                at.push_str(path);
+                at.push('[');
+                at.push_str(itoa(i).as_str());
+                at.push(']');
+                s.check(item, &at, reference, out);
             }
         }
         if let Some(key) = &self.unique_by {
@@ -452,8 +459,15 @@ impl Rules {
             let names: Vec<&str> = o.keys().collect();
             out.push(SourceIssue::new(path, format!("must have at most {max} field(s), has {}", names.join(", "))));
         }
+        let mut at = String::with_capacity(path.len() + 24);
         for (name, value) in o.iter() {
-            let at = child_path(path, name);
+            at.clear();
+            if !path.is_empty() {
+                at.push_str(path);
+                at.push('.');
+            }
+            at.push_str(name);
+            let at = at.as_str();
             match self.properties.iter().find(|(n, _)| n == name) {
                 Some((_, s)) => s.check(value, &at, reference, out),
                 None => match &self.additional {
@@ -466,6 +480,11 @@ impl Rules {
             }
         }
     }
+}
+
+/// A small index as text without going through `format!`.
+fn itoa(i: usize) -> String {
+    i.to_string()
 }
 
 fn article(word: &str) -> &'static str {

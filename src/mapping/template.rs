@@ -386,54 +386,73 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    fn resolve(&self, p: &Path) -> (Option<&'a Value>, String) {
-        let (mut v, mut at, first) = match p.var {
-            Some(d) => (Some(self.vars[d].0), self.vars[d].2.clone(), 1),
-            None => (Some(self.root), String::new(), 0),
+    fn resolve(&self, p: &Path) -> Option<&'a Value> {
+        let (mut v, first) = match p.var {
+            Some(d) => (Some(self.vars[d].0), 1),
+            None => (Some(self.root), 0),
+        };
+        for seg in &p.segs[first..] {
+            v = match seg {
+                Seg::Key(k) => v.and_then(|v| v.get(k)),
+                Seg::Index(i) => v.and_then(Value::as_array).and_then(|a| a.get(*i)),
+            };
+        }
+        v.filter(|v| !matches!(v, Value::Null))
+    }
+
+    /// Where `p` points in the record (`padl[1].activity`), for messages.
+    fn location(&self, p: &Path) -> String {
+        let (mut at, first) = match p.var {
+            Some(d) => (self.vars[d].2.clone(), 1),
+            None => (String::new(), 0),
         };
         for seg in &p.segs[first..] {
             match seg {
-                Seg::Key(k) => {
-                    v = v.and_then(|v| v.get(k));
-                    at = super::schema::child_path(&at, k);
-                }
-                Seg::Index(i) => {
-                    v = v.and_then(Value::as_array).and_then(|a| a.get(*i));
-                    at = format!("{at}[{i}]");
-                }
+                Seg::Key(k) => at = super::schema::child_path(&at, k),
+                Seg::Index(i) => at = format!("{at}[{i}]"),
             }
         }
-        (v.filter(|v| !matches!(v, Value::Null)), at)
+        at
     }
 
     pub fn truth(&self, c: &Cond) -> bool {
         match c {
-            Cond::Present(p) => matches!(self.resolve(p).0, Some(v) if v != &Value::Bool(false)),
-            Cond::Absent(p) => !matches!(self.resolve(p).0, Some(v) if v != &Value::Bool(false)),
-            Cond::Equals(p, s) => self.resolve(p).0.and_then(Value::as_str) == Some(s.as_str()),
-            Cond::NotEquals(p, s) => self.resolve(p).0.and_then(Value::as_str) != Some(s.as_str()),
+            Cond::Present(p) => matches!(self.resolve(p), Some(v) if v != &Value::Bool(false)),
+            Cond::Absent(p) => !matches!(self.resolve(p), Some(v) if v != &Value::Bool(false)),
+            Cond::Equals(p, s) => self.resolve(p).and_then(Value::as_str) == Some(s.as_str()),
+            Cond::NotEquals(p, s) => self.resolve(p).and_then(Value::as_str) != Some(s.as_str()),
         }
     }
 
     /// The items of a loop's array with their paths.
-    pub fn items(&self, l: &Loop) -> (Vec<&'a Value>, String) {
-        let (v, at) = self.resolve(&l.over);
-        (v.and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default(), at)
+    pub fn items(&self, l: &Loop) -> (&'a [Value], String) {
+        match self.resolve(&l.over).and_then(Value::as_array) {
+            Some(items) if !items.is_empty() => (items, self.location(&l.over)),
+            _ => (&[], String::new()),
+        }
     }
 
     pub fn eval_expr(&self, e: &Expr) -> Result<Option<Value>, SourceIssue> {
-        let (mut value, at) = match &e.term {
-            Term::Literal(s) => (Some(Value::String(s.clone())), String::new()),
-            Term::Path(p) => {
-                let (v, at) = self.resolve(p);
-                (v.cloned(), at)
-            }
+        let (mut value, path) = match &e.term {
+            Term::Literal(s) => (Some(Value::String(s.clone())), None),
+            Term::Path(p) => (self.resolve(p).cloned(), Some(p)),
             Term::Ref { key, var } => {
                 let reference = match var {
                     Some(d) => format!("{KEY_REFERENCE_PREFIX}{key}[{}]", self.vars[*d].1),
                     None => format!("{KEY_REFERENCE_PREFIX}{key}"),
                 };
-                (Some(Value::String(reference)), String::new())
+                (Some(Value::String(reference)), None)
+            }
+        };
+        if e.filters.is_empty() {
+            return Ok(value);
+        }
+        // Where the value came from, worked out only when a filter refuses it.
+        let at = || path.map(|p| self.location(p)).unwrap_or_default();
+        let text = |v: &Value| -> Result<String, SourceIssue> {
+            match v {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(SourceIssue::new(&at(), format!("must be a string, not {}", other.kind()))),
             }
         };
         for f in &e.filters {
@@ -442,22 +461,20 @@ impl<'a> Ctx<'a> {
                 (_, None) => None,
                 (Filter::Default(_), v) => v,
                 (Filter::DateTime, Some(v)) => {
-                    Some(Value::String(time::date_time(text(&v, &at)?).map_err(|m| SourceIssue::new(&at, m))?))
+                    Some(Value::String(time::date_time(&text(&v)?).map_err(|m| SourceIssue::new(&at(), m))?))
                 }
-                (Filter::Date, Some(v)) => {
-                    Some(Value::String(time::date(text(&v, &at)?).map_err(|m| SourceIssue::new(&at, m))?))
-                }
-                (Filter::Code(map), Some(v)) => Some(self.code(map, text(&v, &at)?, &at)?),
-                (Filter::Lookup(map), Some(v)) => self.code(map, text(&v, &at)?, &at)?.get("code").cloned(),
-                (Filter::PatientIdentifier, Some(v)) => Some(patient_identifier(&v, &at)?),
+                (Filter::Date, Some(v)) => Some(Value::String(time::date(&text(&v)?).map_err(|m| SourceIssue::new(&at(), m))?)),
+                (Filter::Code(map), Some(v)) => Some(self.code(map, &text(&v)?, &at)?),
+                (Filter::Lookup(map), Some(v)) => self.code(map, &text(&v)?, &at)?.get("code").cloned(),
+                (Filter::PatientIdentifier, Some(v)) => Some(patient_identifier(&v, &at())?),
                 (Filter::Organisationsnummer, Some(v)) => {
-                    let hsa = HsaId::parse(text(&v, &at)?).map_err(|e| SourceIssue::new(&at, e.0))?;
+                    let hsa = HsaId::parse(&text(&v)?).map_err(|e| SourceIssue::new(&at(), e.0))?;
                     Some(Value::String(hsa.organisationsnummer().to_owned()))
                 }
                 (Filter::HsaIdentifier, Some(v)) => {
                     let mut o = Object::new();
                     o.insert("system", HSA_ID_SYSTEM.into());
-                    o.insert("value", text(&v, &at)?.into());
+                    o.insert("value", Value::String(text(&v)?));
                     Some(Value::Object(o))
                 }
             };
@@ -465,11 +482,11 @@ impl<'a> Ctx<'a> {
         Ok(value)
     }
 
-    fn code(&self, map: &str, local: &str, at: &str) -> Result<Value, SourceIssue> {
+    fn code(&self, map: &str, local: &str, at: &dyn Fn() -> String) -> Result<Value, SourceIssue> {
         let entries = self.codes.iter().find(|c| c.name == map).map(|c| c.entries.as_slice()).unwrap_or_default();
         entries.iter().find(|(k, _)| k == local).map(|(_, v)| v.clone()).ok_or_else(|| {
             let known: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
-            SourceIssue::new(at, format!("\"{local}\" has no code in the mapping (known: {})", known.join(", ")))
+            SourceIssue::new(&at(), format!("\"{local}\" has no code in the mapping (known: {})", known.join(", ")))
         })
     }
 
@@ -501,14 +518,15 @@ impl<'a> Ctx<'a> {
                 }
                 // An object made only of constants and values the record lacks is left
                 // out whole: `{ url = "…", valueDateTime = "{{ signedAt }}" }` without signedAt.
-                let mut o = Object::new();
+                let mut o = Object::with_capacity(fields.len() + 1);
                 let (mut dynamic, mut present) = (false, false);
                 for (k, f) in fields {
                     let constant = matches!(f, Tpl::Literal(_));
                     dynamic |= !constant;
                     if let Some(v) = self.eval(f)? {
                         present |= !constant;
-                        o.insert(k.clone(), v);
+                        // Keys of one TOML table are unique.
+                        o.push_new(k.clone(), v);
                     }
                 }
                 Ok((!o.is_empty() && (present || !dynamic)).then_some(Value::Object(o)))
@@ -520,7 +538,7 @@ impl<'a> Ctx<'a> {
                         None => out.extend(self.eval(&item.tpl)?),
                         Some(l) => {
                             let (elements, at) = self.items(l);
-                            for (i, element) in elements.into_iter().enumerate() {
+                            for (i, element) in elements.iter().enumerate() {
                                 self.vars.push((element, i, format!("{at}[{i}]")));
                                 let v = self.eval(&item.tpl);
                                 self.vars.pop();
@@ -535,9 +553,6 @@ impl<'a> Ctx<'a> {
     }
 }
 
-fn text<'v>(v: &'v Value, at: &str) -> Result<&'v str, SourceIssue> {
-    v.as_str().ok_or_else(|| SourceIssue::new(at, format!("must be a string, not {}", v.kind())))
-}
 
 /// `{"personnummer": "…"}` or `{"samordningsnummer": "…"}` → a FHIR Identifier (normalised to 12 digits).
 fn patient_identifier(v: &Value, at: &str) -> Result<Value, SourceIssue> {

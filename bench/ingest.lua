@@ -1,0 +1,19 @@
+-- Single ingest: POST /ingest/funktionsstatus, one new PADL record per request.
+local dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
+local ingest = dofile(dir .. "ingest_common.lua")
+
+local prefix, n, headers
+
+function init(args)
+  prefix = ingest.prefix()
+  n = 0
+  headers = { ["Content-Type"] = "application/json" }
+  for k, v in pairs(wrk.headers) do
+    headers[k] = headers[k] or v
+  end
+end
+
+function request()
+  n = n + 1
+  return wrk.format("POST", "/ingest/funktionsstatus", headers, ingest.record(prefix, n))
+end
