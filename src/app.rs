@@ -146,6 +146,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(crate::fhir::rest::router())
         .merge(crate::ingest::http::router())
+        .merge(crate::transfer::http::router())
         .route("/auth/token", axum::routing::post(crate::auth::layer::token))
         .route("/.well-known/smart-configuration", get(crate::auth::layer::smart_configuration))
         .route("/.well-known/jwks.json", get(crate::auth::layer::jwks))

@@ -35,3 +35,5 @@ pub mod reference;
 pub mod store;
 /// TLS and mutual TLS: settings, rustls configuration, client identity, HTTPS serving.
 pub mod tls;
+/// Document transfers: the Task state machine, first-fetch receipt, overdue list, duplicates.
+pub mod transfer;

@@ -144,6 +144,12 @@ pub async fn read(st: &AppState, actor: &Actor, ty: &str, id: &str, cond: &ReadC
     }
     let not_modified = cond.if_none_match.as_deref().and_then(parse_etag) == Some(s.version)
         || cond.if_modified_since_ms.is_some_and(|since| s.last_updated_ms / 1000 <= since / 1000);
+    if ty == "Binary" {
+        // The recipient's first fetch of a transfer's content marks the transfer received.
+        if let Err(e) = crate::transfer::mark_received(st, actor, id).await {
+            tracing::warn!(error = %e, "could not mark a transfer received; the next fetch tries again");
+        }
+    }
     if not_modified {
         let mut a = stored_answer(&s);
         a.status = StatusCode::NOT_MODIFIED;
@@ -220,6 +226,16 @@ pub async fn put_with_access(
     access: &str,
 ) -> Result<Written, ApiError> {
     let at_ms = now_ms();
+    // A transfer Task keeps its transfer row in step and may be flagged as a duplicate.
+    let transfer =
+        if ty == "Task" { crate::transfer::before_task_write(tx, id, &mut body, at_ms).await? } else { None };
+    let access = match &transfer {
+        Some(row) => {
+            crate::transfer::parties(row).iter().fold(access.to_owned(), |a, k| crate::store::access_with(&a, k))
+        }
+        None => access.to_owned(),
+    };
+    let access = access.as_str();
     let text = resource::finalize(&mut body, id, version, at_ms);
     let index: Vec<_> = extract::extract(&body).into_iter().map(|(def, v)| (def.code, v)).collect();
     let patients = patients_of(ty, id, &index);
@@ -235,6 +251,9 @@ pub async fn put_with_access(
         patients: &patients,
     })
     .await?;
+    if let Some(row) = &transfer {
+        crate::transfer::after_task_write(tx, row, version == 1).await?;
+    }
     Ok(Written {
         ty: ty.to_owned(),
         id: id.to_owned(),
@@ -256,6 +275,9 @@ pub async fn create_in(
 ) -> Result<Written, ApiError> {
     check_writable_type(ty)?;
     actor.require(ty, Action::Create)?;
+    if ty == "Task" {
+        crate::transfer::check_write(tx, actor, None, &body).await?;
+    }
     put_version(tx, actor, ty, id, 1, "POST", body, StatusCode::CREATED, "").await
 }
 
@@ -299,6 +321,15 @@ pub async fn update_in(
             }
         }
     }
+    if ty == "Task" {
+        let stored = match &current {
+            Some(c) if !c.deleted => tx.current_body(ty, id).await?,
+            _ => None,
+        };
+        let stored =
+            stored.map(|t| crate::json::parse(t.as_bytes())).transpose().map_err(|e| ApiError::Internal(e.message))?;
+        crate::transfer::check_write(tx, actor, stored.as_ref(), &body).await?;
+    }
     let (version, status, previous) = match current {
         Some(c) if !c.deleted => (c.version + 1, StatusCode::OK, c.access),
         Some(c) => (c.version + 1, StatusCode::CREATED, c.access),
@@ -324,6 +355,15 @@ pub async fn delete_in(
     check_may_change(actor, ty, id, &current.access)?;
     if current.deleted {
         return Ok(None);
+    }
+    if ty == "Task"
+        && actor.scopes.is_some()
+        && let Some(text) = tx.current_body(ty, id).await?
+        && crate::json::parse(text.as_bytes()).is_ok_and(|t| crate::transfer::is_transfer(&t))
+    {
+        return Err(ApiError::Conflict(
+            "a transfer is not deleted: its sender cancels it (status `cancelled`) or its recipient rejects it".into(),
+        ));
     }
     if let Some(expected) = if_match
         && expected != current.version

@@ -103,6 +103,14 @@ fn rewrite(value: &mut Value, map: &HashMap<String, String>, dangling: &mut Vec<
                     }
                     continue;
                 }
+                // An Attachment's `url` naming another entry of the Bundle (its Binary).
+                if key == "url"
+                    && let Value::String(u) = v
+                    && let Some(new) = map.get(u.as_str())
+                {
+                    *u = new.clone();
+                    continue;
+                }
                 rewrite(v, map, dangling);
             }
         }

@@ -212,11 +212,15 @@ pub fn mapping_uri(mapping: &Mapping) -> String {
 
 /// Writes one record inside `tx`: resolves ids, writes the resources, the
 /// Provenance, the ingest bookkeeping and the audit entry.
+/// Shared resources already resolved in the current transaction: `(type, system|value)` → id.
+type Resolved = HashMap<(String, String), String>;
+
 async fn write_record(
     tx: &mut dyn StoreTx,
     actor: &Actor,
     p: &Prepared,
     request: &str,
+    resolved: &mut Resolved,
 ) -> Result<(Status, Vec<String>), WriteError> {
     let m = &p.mapped;
     let source = m.source_system.as_str();
@@ -252,7 +256,12 @@ async fn write_record(
         let (id, exists) = match &r.identity {
             Identity::Owned => (derived_id(&[source, &m.record_id, &r.key]), false),
             Identity::Shared { system, value } => {
-                let (id, exists) = find_shared(tx, &r.resource_type, system, value).await?;
+                let key = (r.resource_type.clone(), format!("{system}|{value}"));
+                let (id, exists) = match resolved.get(&key) {
+                    // Seen earlier in this transaction: it exists now (written or found then).
+                    Some(id) => (id.clone(), true),
+                    None => find_shared(tx, &r.resource_type, system, value).await?,
+                };
                 // The same shared resource twice in one record (a care unit that is also a participant).
                 let earlier = m
                     .resources
@@ -307,6 +316,15 @@ async fn write_record(
             }
             (Identity::Owned, _) => {
                 let current = tx.current(ty, id).await?;
+                let mut body = body;
+                if ty == "Task"
+                    && current.as_ref().is_some_and(|c| !c.deleted)
+                    && let Some(text) = tx.current_body(ty, id).await?
+                    && let Ok(stored) = crate::json::parse(text.as_bytes())
+                {
+                    // A transfer pushed again keeps the state its parties gave it.
+                    crate::transfer::keep_state(&stored, &mut body);
+                }
                 let (version, status, previous_access) = match current {
                     Some(c) => {
                         any_updated |= !c.deleted;
@@ -344,6 +362,11 @@ async fn write_record(
         }
     }
 
+    for (r, (id, _)) in m.resources.iter().zip(&targets) {
+        if let Identity::Shared { system, value } = &r.identity {
+            resolved.insert((r.resource_type.clone(), format!("{system}|{value}")), id.clone());
+        }
+    }
     let status = if previous.is_some() || any_updated { Status::Updated } else { Status::Created };
     let at_ms = interactions::now_ms();
     if !written.is_empty() {
@@ -546,9 +569,10 @@ async fn try_group(
 ) -> Result<Vec<(usize, Receipt)>, ApiError> {
     let mut tx = store.begin().await?;
     let mut receipts = Vec::with_capacity(group.len());
+    let mut resolved = Resolved::new();
     for (index, p) in group {
         let record_id = Some(p.mapped.record_id.clone());
-        match write_record(tx.as_mut(), actor, p, request).await {
+        match write_record(tx.as_mut(), actor, p, request, &mut resolved).await {
             Ok((status, resources)) => {
                 receipts.push((*index, Receipt { record_id, status, resources, rejection: None }));
             }

@@ -469,12 +469,12 @@ impl Rules {
             at.push_str(name);
             let at = at.as_str();
             match self.properties.iter().find(|(n, _)| n == name) {
-                Some((_, s)) => s.check(value, &at, reference, out),
+                Some((_, s)) => s.check(value, at, reference, out),
                 None => match &self.additional {
                     Some(Schema::Bool(false)) => {
-                        out.push(SourceIssue::new(&at, "unknown field (not in the input format)"))
+                        out.push(SourceIssue::new(at, "unknown field (not in the input format)"))
                     }
-                    Some(s) => s.check(value, &at, reference, out),
+                    Some(s) => s.check(value, at, reference, out),
                     None => {}
                 },
             }

@@ -463,7 +463,9 @@ impl<'a> Ctx<'a> {
                 (Filter::DateTime, Some(v)) => {
                     Some(Value::String(time::date_time(&text(&v)?).map_err(|m| SourceIssue::new(&at(), m))?))
                 }
-                (Filter::Date, Some(v)) => Some(Value::String(time::date(&text(&v)?).map_err(|m| SourceIssue::new(&at(), m))?)),
+                (Filter::Date, Some(v)) => {
+                    Some(Value::String(time::date(&text(&v)?).map_err(|m| SourceIssue::new(&at(), m))?))
+                }
                 (Filter::Code(map), Some(v)) => Some(self.code(map, &text(&v)?, &at)?),
                 (Filter::Lookup(map), Some(v)) => self.code(map, &text(&v)?, &at)?.get("code").cloned(),
                 (Filter::PatientIdentifier, Some(v)) => Some(patient_identifier(&v, &at())?),
@@ -552,7 +554,6 @@ impl<'a> Ctx<'a> {
         }
     }
 }
-
 
 /// `{"personnummer": "…"}` or `{"samordningsnummer": "…"}` → a FHIR Identifier (normalised to 12 digits).
 fn patient_identifier(v: &Value, at: &str) -> Result<Value, SourceIssue> {

@@ -20,7 +20,7 @@ use moka::{ops::compute::Op, sync::Cache};
 
 use super::{
     AuditQuery, AuditRecord, AuditRow, Current, HistoryPage, HistoryQuery, IngestRecord, NewVersion, Observed,
-    SearchPage, SearchPlan, Store, StoreResult, StoreTx, Stored,
+    SearchPage, SearchPlan, Store, StoreResult, StoreTx, Stored, TransferRow,
 };
 
 /// Key of a current version: resource type and logical id.
@@ -157,6 +157,14 @@ impl Store for CachedStore {
         self.inner.observed(since_ms).await
     }
 
+    async fn transfers_for_binary(&self, binary_id: &str) -> StoreResult<Vec<TransferRow>> {
+        self.inner.transfers_for_binary(binary_id).await
+    }
+
+    async fn open_transfers(&self, before_ms: i64, party: Option<&str>, limit: usize) -> StoreResult<Vec<TransferRow>> {
+        self.inner.open_transfers(before_ms, party, limit).await
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await
     }
@@ -175,6 +183,22 @@ struct CachedTx {
 impl StoreTx for CachedTx {
     async fn current(&mut self, ty: &str, id: &str) -> StoreResult<Option<Current>> {
         self.inner.current(ty, id).await
+    }
+
+    async fn current_body(&mut self, ty: &str, id: &str) -> StoreResult<Option<String>> {
+        self.inner.current_body(ty, id).await
+    }
+
+    async fn transfer(&mut self, task_id: &str) -> StoreResult<Option<TransferRow>> {
+        self.inner.transfer(task_id).await
+    }
+
+    async fn put_transfer(&mut self, row: &TransferRow) -> StoreResult<()> {
+        self.inner.put_transfer(row).await
+    }
+
+    async fn same_transfer(&mut self, row: &TransferRow) -> StoreResult<Option<String>> {
+        self.inner.same_transfer(row).await
     }
 
     async fn find_ids(&mut self, plan: &SearchPlan) -> StoreResult<Vec<String>> {

@@ -156,6 +156,28 @@ pub struct IngestRecord {
     pub last_ms: i64,
 }
 
+/// A document transfer (a Task with code `transfer`) as the store keeps it beside the Task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransferRow {
+    pub task_id: String,
+    pub document_id: String,
+    pub binary_id: Option<String>,
+    /// Organisationsnummer of the sender (requester) and the recipient (owner).
+    pub sender_key: String,
+    pub recipient_key: String,
+    /// `Patient/id`.
+    pub patient: String,
+    /// `system|code` of the document type, or empty.
+    pub doc_type: String,
+    /// SHA-256 (hex) of the content's data, or empty.
+    pub content_hash: String,
+    pub status: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    /// The earlier transfer with the same patient, type, content and parties.
+    pub duplicate_of: Option<String>,
+}
+
 /// Observed production of one municipality and information type.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observed {
@@ -249,6 +271,11 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_chain(&self, after_seq: i64, limit: usize) -> StoreResult<Vec<AuditRow>>;
     /// The last entry's sequence number and hash, as recorded beside the chain.
     async fn audit_head(&self) -> StoreResult<(i64, String)>;
+    /// Transfers whose document content is the Binary `binary_id`.
+    async fn transfers_for_binary(&self, binary_id: &str) -> StoreResult<Vec<TransferRow>>;
+    /// Open transfers (requested or received) created before `before_ms`, oldest first,
+    /// optionally only those `party` (an organisationsnummer) sends or receives.
+    async fn open_transfers(&self, before_ms: i64, party: Option<&str>, limit: usize) -> StoreResult<Vec<TransferRow>>;
     /// Records ingested per municipality and information type since `since_ms`.
     async fn observed(&self, since_ms: i64) -> StoreResult<Vec<Observed>>;
     /// Cheap check that the database answers.
@@ -260,6 +287,8 @@ pub trait Store: Send + Sync + 'static {
 pub trait StoreTx: Send {
     /// The current version of a resource, if it ever existed.
     async fn current(&mut self, ty: &str, id: &str) -> StoreResult<Option<Current>>;
+    /// The current version's JSON text, unless deleted (for checks that compare old and new).
+    async fn current_body(&mut self, ty: &str, id: &str) -> StoreResult<Option<String>>;
     /// Ids of current resources matching `plan` (up to `plan.count`), for conditional operations.
     async fn find_ids(&mut self, plan: &SearchPlan) -> StoreResult<Vec<String>>;
     /// Writes a new version and replaces the resource's search index.
@@ -270,6 +299,12 @@ pub trait StoreTx: Send {
     async fn grant(&mut self, ty: &str, id: &str, access: &str) -> StoreResult<()>;
     /// Appends an audit entry in this transaction: it is stored if and only if the transaction is.
     async fn audit(&mut self, record: AuditRecord) -> StoreResult<()>;
+    /// The transfer row of a Task.
+    async fn transfer(&mut self, task_id: &str) -> StoreResult<Option<TransferRow>>;
+    /// Inserts or replaces a transfer row.
+    async fn put_transfer(&mut self, row: &TransferRow) -> StoreResult<()>;
+    /// The earliest other transfer with the same patient, type, content and parties.
+    async fn same_transfer(&mut self, row: &TransferRow) -> StoreResult<Option<String>>;
     /// The remembered ingested record `(source_system, record_id)`.
     async fn ingest_record(&mut self, source_system: &str, record_id: &str) -> StoreResult<Option<IngestRecord>>;
     /// Inserts or replaces an ingested record's entry.

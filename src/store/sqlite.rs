@@ -26,7 +26,7 @@ use tokio::sync::{Mutex, Notify, OwnedMutexGuard, oneshot};
 use super::ACCESS_PARAM;
 use super::{
     AuditQuery, AuditRecord, AuditRow, Current, HistoryPage, HistoryQuery, IngestRecord, NewVersion, Observed,
-    SearchPage, SearchPlan, Store, StoreError, StoreResult, StoreTx, Stored,
+    SearchPage, SearchPlan, Store, StoreError, StoreResult, StoreTx, Stored, TransferRow,
     plan::{Cursor, CursorValue, IndexTable},
     sql::{self, Arg, CursorKind, Dialect, ROW_COLUMNS, Sql},
 };
@@ -36,6 +36,7 @@ use crate::config::DatabaseConfig;
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "resources", include_str!("../../migrations/sqlite/0001_resources.sql")),
     (2, "access_audit_ingest", include_str!("../../migrations/sqlite/0002_access_audit_ingest.sql")),
+    (4, "transfers", include_str!("../../migrations/sqlite/0004_transfers.sql")),
 ];
 
 pub struct SqliteStore {
@@ -537,10 +538,52 @@ impl Store for SqliteStore {
             .map_err(err)
     }
 
+    async fn transfers_for_binary(&self, binary_id: &str) -> StoreResult<Vec<TransferRow>> {
+        let rows = sqlx::query(&format!("SELECT {TRANSFER_COLUMNS} FROM transfers WHERE binary_id = ?"))
+            .bind(binary_id)
+            .fetch_all(&self.readers)
+            .await
+            .map_err(err)?;
+        rows.iter().map(transfer_row).collect::<Result<_, _>>().map_err(err)
+    }
+
+    async fn open_transfers(&self, before_ms: i64, party: Option<&str>, limit: usize) -> StoreResult<Vec<TransferRow>> {
+        let party_clause = if party.is_some() { " AND (sender_key = ? OR recipient_key = ?)" } else { "" };
+        let sql = format!(
+            "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE status IN ('requested', 'received') \
+             AND created_ms < ?{party_clause} ORDER BY created_ms, task_id LIMIT ?"
+        );
+        let mut q = sqlx::query(&sql).bind(before_ms);
+        if let Some(p) = party {
+            q = q.bind(p).bind(p);
+        }
+        let rows = q.bind(i64::try_from(limit).unwrap_or(i64::MAX)).fetch_all(&self.readers).await.map_err(err)?;
+        rows.iter().map(transfer_row).collect::<Result<_, _>>().map_err(err)
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.readers).await.map_err(err)?;
         Ok(())
     }
+}
+
+const TRANSFER_COLUMNS: &str = "task_id, document_id, binary_id, sender_key, recipient_key, patient, doc_type, content_hash, status, created_ms, updated_ms, duplicate_of";
+
+fn transfer_row(r: &SqliteRow) -> Result<TransferRow, sqlx::Error> {
+    Ok(TransferRow {
+        task_id: r.try_get(0)?,
+        document_id: r.try_get(1)?,
+        binary_id: r.try_get(2)?,
+        sender_key: r.try_get(3)?,
+        recipient_key: r.try_get(4)?,
+        patient: r.try_get(5)?,
+        doc_type: r.try_get(6)?,
+        content_hash: r.try_get(7)?,
+        status: r.try_get(8)?,
+        created_ms: r.try_get(9)?,
+        updated_ms: r.try_get(10)?,
+        duplicate_of: r.try_get(11)?,
+    })
 }
 
 fn audit_row(r: &SqliteRow) -> Result<AuditRow, sqlx::Error> {
@@ -732,6 +775,19 @@ impl StoreTx for SqliteTx {
         .map_err(err)
     }
 
+    async fn current_body(&mut self, ty: &str, id: &str) -> StoreResult<Option<String>> {
+        self.send().await?;
+        sqlx::query_scalar(
+            "SELECT v.body FROM resources r JOIN versions v ON v.vid = r.vid \
+             WHERE r.res_type = ? AND r.res_id = ? AND r.deleted = 0",
+        )
+        .bind(ty)
+        .bind(id)
+        .fetch_optional(&mut self.guard.conn)
+        .await
+        .map_err(err)
+    }
+
     async fn find_ids(&mut self, plan: &SearchPlan) -> StoreResult<Vec<String>> {
         self.send().await?;
         let sql = sql::search_ids(plan);
@@ -810,6 +866,57 @@ impl StoreTx for SqliteTx {
     async fn audit(&mut self, record: AuditRecord) -> StoreResult<()> {
         self.push_audit(&record);
         Ok(())
+    }
+
+    async fn transfer(&mut self, task_id: &str) -> StoreResult<Option<TransferRow>> {
+        self.send().await?;
+        let row = sqlx::query(&format!("SELECT {TRANSFER_COLUMNS} FROM transfers WHERE task_id = ?"))
+            .bind(task_id)
+            .fetch_optional(&mut self.guard.conn)
+            .await
+            .map_err(err)?;
+        row.as_ref().map(transfer_row).transpose().map_err(err)
+    }
+
+    async fn put_transfer(&mut self, t: &TransferRow) -> StoreResult<()> {
+        self.send().await?;
+        sqlx::query(&format!(
+            "INSERT OR REPLACE INTO transfers ({TRANSFER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&t.task_id)
+        .bind(&t.document_id)
+        .bind(&t.binary_id)
+        .bind(&t.sender_key)
+        .bind(&t.recipient_key)
+        .bind(&t.patient)
+        .bind(&t.doc_type)
+        .bind(&t.content_hash)
+        .bind(&t.status)
+        .bind(t.created_ms)
+        .bind(t.updated_ms)
+        .bind(&t.duplicate_of)
+        .execute(&mut self.guard.conn)
+        .await
+        .map_err(err)?;
+        Ok(())
+    }
+
+    async fn same_transfer(&mut self, t: &TransferRow) -> StoreResult<Option<String>> {
+        self.send().await?;
+        sqlx::query_scalar(
+            "SELECT task_id FROM transfers WHERE patient = ? AND doc_type = ? AND content_hash = ? \
+             AND sender_key = ? AND recipient_key = ? AND task_id <> ? AND content_hash <> '' \
+             ORDER BY created_ms, task_id LIMIT 1",
+        )
+        .bind(&t.patient)
+        .bind(&t.doc_type)
+        .bind(&t.content_hash)
+        .bind(&t.sender_key)
+        .bind(&t.recipient_key)
+        .bind(&t.task_id)
+        .fetch_optional(&mut self.guard.conn)
+        .await
+        .map_err(err)
     }
 
     async fn ingest_record(&mut self, source_system: &str, record_id: &str) -> StoreResult<Option<IngestRecord>> {

@@ -10,4 +10,5 @@ mod http;
 mod ingest;
 mod search;
 mod security;
+mod transfers;
 mod validation;
