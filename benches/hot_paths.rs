@@ -46,7 +46,8 @@ fn mapping(c: &mut Criterion) {
 
 fn observation() -> Value {
     let set = MappingSet::load_dir(std::path::Path::new("mappings")).expect("shipped mappings load");
-    let record = set.get("funktionsstatus").expect("mapping").apply(&testdata("funktionsstatus-padl.json"), &set.reference);
+    let record =
+        set.get("funktionsstatus").expect("mapping").apply(&testdata("funktionsstatus-padl.json"), &set.reference);
     let obs = record.expect("maps").resources.into_iter().find(|r| r.resource_type == "Observation").expect("one");
     let text = obs.body.to_json().replace("urn:nara:key:", "Patient/x-");
     json::parse(text.as_bytes()).expect("parses")

@@ -300,10 +300,9 @@ async fn write_record(
             (Identity::Shared { .. }, true) => {
                 if !crate::access::is_directory_type(ty) {
                     let current = tx.current(ty, id).await?.map(|c| c.access).unwrap_or_default();
-                    for key in access.split(' ') {
-                        if !store::access_contains(&current, key) {
-                            tx.grant(ty, id, key).await?;
-                        }
+                    let merged = access.split(' ').fold(current.clone(), |a, key| store::access_with(&a, key));
+                    if merged != current {
+                        tx.grant(ty, id, &merged).await?;
                     }
                 }
             }
@@ -315,7 +314,8 @@ async fn write_record(
                 );
             }
             (Identity::Owned, _) => {
-                let current = tx.current(ty, id).await?;
+                // A record never pushed before has no resources yet: its ids derive from it.
+                let current = if previous.is_some() { tx.current(ty, id).await? } else { None };
                 let mut body = body;
                 if ty == "Task"
                     && current.as_ref().is_some_and(|c| !c.deleted)
@@ -372,7 +372,10 @@ async fn write_record(
     if !written.is_empty() {
         let provenance = provenance(p, &written, at_ms, status);
         let id = derived_id(&[source, &m.record_id, "provenance"]);
-        let version = tx.current("Provenance", &id).await?.map_or(1, |c| c.version + 1);
+        let version = match &previous {
+            Some(_) => tx.current("Provenance", &id).await?.map_or(1, |c| c.version + 1),
+            None => 1,
+        };
         interactions::put_with_access(tx, "Provenance", &id, version, "PUT", provenance, StatusCode::OK, &access)
             .await
             .map_err(WriteError::Aborted)?;
@@ -418,9 +421,6 @@ async fn find_shared(
 ) -> Result<(String, bool), store::StoreError> {
     let system = if HsaId::is_hsa_system(system) { crate::identity::HSA_ID_SYSTEM } else { system };
     let derived = derived_id(&[ty, system, value]);
-    if let Some(c) = tx.current(ty, &derived).await? {
-        return Ok((derived, !c.deleted));
-    }
     let systems: Vec<&str> = if system == crate::identity::HSA_ID_SYSTEM {
         std::iter::once(system).chain(crate::identity::HSA_ID_SYSTEM_ALIASES.iter().copied()).collect()
     } else {
@@ -437,8 +437,13 @@ async fn find_shared(
             })
             .collect(),
     ));
-    match tx.find_ids(&plan).await?.into_iter().next() {
-        Some(found) => Ok((found, true)),
+    if let Some(found) = tx.find_ids(&plan).await?.into_iter().next() {
+        return Ok((found, true));
+    }
+    // Not found by identifier: the derived id, unless a resource already holds it
+    // (one whose identifier was changed since).
+    match tx.current(ty, &derived).await? {
+        Some(c) => Ok((derived, !c.deleted)),
         None => Ok((derived, false)),
     }
 }

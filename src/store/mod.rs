@@ -295,7 +295,8 @@ pub trait StoreTx: Send {
     async fn put(&mut self, v: NewVersion<'_>) -> StoreResult<()>;
     /// Writes a deletion as a new version and drops the search index.
     async fn delete(&mut self, ty: &str, id: &str, version: i64, at_ms: i64) -> StoreResult<()>;
-    /// Lets one more organisation see an existing resource (no new version).
+    /// Replaces the organisations that may see an existing resource (no new
+    /// version); callers pass the whole new set (see [`access_with`]).
     async fn grant(&mut self, ty: &str, id: &str, access: &str) -> StoreResult<()>;
     /// Appends an audit entry in this transaction: it is stored if and only if the transaction is.
     async fn audit(&mut self, record: AuditRecord) -> StoreResult<()>;

@@ -275,7 +275,7 @@ pub async fn after_task_write(tx: &mut dyn StoreTx, row: &TransferRow, created: 
                 && let Some(c) = tx.current(ty, id).await?
                 && !crate::store::access_contains(&c.access, &row.recipient_key)
             {
-                tx.grant(ty, id, &row.recipient_key).await?;
+                tx.grant(ty, id, &crate::store::access_with(&c.access, &row.recipient_key)).await?;
             }
         }
     }

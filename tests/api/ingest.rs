@@ -230,6 +230,30 @@ async fn a_batch_of_more_than_ten_thousand_records_is_refused_whole() {
 }
 
 #[tokio::test]
+async fn a_patient_shared_by_two_municipalities_stays_visible_to_both() {
+    let app = spawn_app().await;
+    let lund =
+        app.push_as("lund-ehr", "/ingest/funktionsstatus", &example("funktionsstatus-icf.json").to_string()).await;
+    let patient = find(&resources_of(&lund), "Patient").to_owned();
+    let mut record = example("funktionsstatus-icf.json");
+    record["recordId"] = json!("malmo-1");
+    record["sourceSystem"] = json!("SE2120000829-EHR1");
+    record["municipality"] = json!("1280");
+    record["careGiver"] = json!({"hsaId": "SE2120000829-0001", "name": "Malmö stad (fiktiv)"});
+    record["careUnit"] = json!({"hsaId": "SE2120000829-HSL2", "name": "Hemsjukvården Malmö (fiktiv)"});
+    let malmo = app.push_as("malmo-ehr", "/ingest/funktionsstatus", &record.to_string()).await;
+    assert_eq!(malmo.status, StatusCode::CREATED, "{}", malmo.text);
+    assert_eq!(find(&resources_of(&malmo), "Patient"), patient, "one patient");
+    for client in ["lund-ehr", "malmo-ehr"] {
+        let r = app.get_as(client, &format!("/fhir/{patient}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{client}: {}", r.text);
+    }
+    // Each sees its own Observation only.
+    let lund_obs = app.get_as("lund-ehr", "/fhir/Observation?_summary=count").await;
+    assert_eq!(lund_obs.json["total"], 1, "{}", lund_obs.text);
+}
+
+#[tokio::test]
 async fn a_client_pushes_only_for_its_own_organisation() {
     let app = spawn_app().await;
     let r =
