@@ -118,13 +118,27 @@ static EMITTED: AtomicUsize = AtomicUsize::new(0);
 /// Saves a FHIR response body for external validation when `NARA_TEST_EMIT_DIR` is set.
 fn emit(text: &str, headers: &HeaderMap) {
     let Ok(dir) = std::env::var("NARA_TEST_EMIT_DIR") else { return };
-    let fhir = headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|c| c.contains("json"));
-    if !fhir || !text.contains("\"resourceType\"") {
+    let json = headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|c| c.contains("json"));
+    if !json || !text.contains("\"resourceType\"") {
         return;
     }
-    let n = EMITTED.fetch_add(1, Ordering::Relaxed);
+    let Ok(doc) = serde_json::from_str::<Value>(text) else { return };
+    // FHIR resources, and the OperationOutcomes inside ingest receipts.
+    let receipts = doc.get("receipts").and_then(Value::as_array).cloned().unwrap_or_else(|| vec![doc.clone()]);
+    let mut bodies: Vec<String> = Vec::new();
+    if doc.get("resourceType").is_some() {
+        bodies.push(text.to_owned());
+    }
+    for r in &receipts {
+        if let Some(outcome) = r.get("outcome").filter(|o| o.get("resourceType").is_some()) {
+            bodies.push(outcome.to_string());
+        }
+    }
     let _ = std::fs::create_dir_all(&dir);
-    let _ = std::fs::write(format!("{dir}/{}-{n:05}.json", std::process::id()), text);
+    for body in bodies {
+        let n = EMITTED.fetch_add(1, Ordering::Relaxed);
+        let _ = std::fs::write(format!("{dir}/{}-{n:05}.json", std::process::id()), body);
+    }
 }
 
 impl TestApp {

@@ -1,6 +1,7 @@
 //! Integration tests: the real gateway on port 0 with its own SQLite file,
 //! exercised over real HTTP (and once through fhir-sdk's FHIR client).
 
+mod attacks;
 mod bundles;
 mod crash;
 mod crud;
