@@ -73,6 +73,10 @@ impl AppState {
             "mappings loaded"
         );
         let store = crate::store::open(&config.database).await?;
+        let added = crate::npo::seed(&store, &mappings.reference).await?;
+        if added > 0 {
+            tracing::info!(organisations = added, "NPÖ registry seeded from the reference data");
+        }
         Ok(AppState {
             config: Arc::new(config),
             store,
@@ -147,6 +151,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::fhir::rest::router())
         .merge(crate::ingest::http::router())
         .merge(crate::transfer::http::router())
+        .merge(crate::npo::http::router())
         .route("/auth/token", axum::routing::post(crate::auth::layer::token))
         .route("/.well-known/smart-configuration", get(crate::auth::layer::smart_configuration))
         .route("/.well-known/jwks.json", get(crate::auth::layer::jwks))

@@ -207,6 +207,33 @@ pub async fn import(config: Config, mapping: &str, files: &[std::path::PathBuf])
     if counts[3] > 0 { Err(anyhow::anyhow!("{} record(s) rejected", counts[3])) } else { Ok(()) }
 }
 
+/// `nara-gateway npo report [--delregion X] [--format table|csv|json] [--window DAYS]`.
+pub async fn npo_report(config: Config, delregion: Option<&str>, format: &str, window: u32) -> anyhow::Result<()> {
+    if !matches!(format, "table" | "csv" | "json") {
+        anyhow::bail!("--format is table, csv or json");
+    }
+    if !(1..=3650).contains(&window) {
+        anyhow::bail!("--window is a number of days, 1 to 3650");
+    }
+    let set = load_mappings_for_cli(&config, None)?;
+    if let Some(d) = delregion
+        && d != "unknown"
+        && !set.reference.delregions.contains_key(d)
+    {
+        let known: Vec<&str> = set.reference.delregions.keys().map(String::as_str).collect();
+        anyhow::bail!("unknown delregion `{d}`; known: {}, unknown", known.join(", "));
+    }
+    let store = crate::store::open(&config.database).await?;
+    crate::npo::seed(&store, &set.reference).await?;
+    let report = crate::npo::report(&store, delregion, window).await?;
+    match format {
+        "csv" => print!("{}", report.to_csv()),
+        "json" => println!("{}", report.to_json().to_json_pretty()),
+        _ => print!("{}", crate::npo::render::table(&report)),
+    }
+    Ok(())
+}
+
 fn report_rejection(file: &Path, index: usize, receipt: &crate::ingest::Receipt) {
     let issues = receipt.rejection.as_ref().map(|(_, i)| i.as_slice()).unwrap_or_default();
     for i in issues {

@@ -29,6 +29,8 @@ pub mod json;
 pub mod mapping;
 /// Request counts and latency histograms in Prometheus format.
 pub mod metrics;
+/// The NPÖ coverage registry: declared and observed production, reports, the `/npo` page.
+pub mod npo;
 /// Shipped reference data: the region's municipalities and delregions.
 pub mod reference;
 /// The `Store` trait, the SQLite backend and the SQL shared by backends.

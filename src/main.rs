@@ -39,6 +39,9 @@ enum Command {
     /// Mapping definitions: check them, run their fixtures
     #[command(subcommand)]
     Mapping(MappingCommand),
+    /// The NPÖ coverage registry
+    #[command(subcommand)]
+    Npo(NpoCommand),
     /// Push municipal records from JSON-array or NDJSON files straight into the store
     Import {
         /// The mapping the records are in (e.g. funktionsstatus)
@@ -47,6 +50,22 @@ enum Command {
         /// Files of records: a JSON array or one record per line
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum NpoCommand {
+    /// Declared and observed NPÖ production per municipality, from the store
+    Report {
+        /// Only this delregion (malmo, mellersta, nordvast, unknown)
+        #[arg(long)]
+        delregion: Option<String>,
+        /// table, csv or json
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// Days of observed production to count
+        #[arg(long, default_value_t = 90)]
+        window: u32,
     },
 }
 
@@ -142,6 +161,9 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Mapping(MappingCommand::Test { dir, update }) => {
                 nara_gateway::cli::mapping_test(&config, dir.as_deref(), update)
+            }
+            Command::Npo(NpoCommand::Report { delregion, format, window }) => {
+                nara_gateway::cli::npo_report(config, delregion.as_deref(), &format, window).await
             }
             Command::Import { mapping, files } => nara_gateway::cli::import(config, &mapping, &files).await,
         }

@@ -284,9 +284,11 @@ const SHIPPED: &[(&str, &str)] = &[
     ("dokument/mapping.toml", include_str!("../../mappings/dokument/mapping.toml")),
     ("dokument/schema.json", include_str!("../../mappings/dokument/schema.json")),
     ("reference/municipalities.toml", crate::reference::SHIPPED_MUNICIPALITIES),
+    ("reference/npo-declared.toml", crate::reference::SHIPPED_NPO_DECLARED),
 ];
 
 const REFERENCE_FILE: &str = "reference/municipalities.toml";
+const DECLARED_FILE: &str = "reference/npo-declared.toml";
 
 impl MappingSet {
     /// The mappings of `dir`; when `dir` does not exist and `fallback` is set,
@@ -337,7 +339,7 @@ impl MappingSet {
     ) -> Result<MappingSet, Vec<LoadError>> {
         let mut errors = Vec::new();
         let reference_file = format!("{shown_dir}/{REFERENCE_FILE}");
-        let reference = match read(REFERENCE_FILE) {
+        let mut reference = match read(REFERENCE_FILE) {
             Ok(text) => match Reference::parse(&text) {
                 Ok(r) => r,
                 Err((line, message)) => return Err(vec![LoadError { file: reference_file, line, message }]),
@@ -346,6 +348,12 @@ impl MappingSet {
                 return Err(vec![LoadError { file: reference_file, line: 0, message: format!("cannot read: {e}") }]);
             }
         };
+        // Declared NPÖ statuses are optional: without the file the registry starts without them.
+        if let Ok(text) = read(DECLARED_FILE) {
+            reference.declared = reference.parse_declared(&text).map_err(|(line, message)| {
+                vec![LoadError { file: format!("{shown_dir}/{DECLARED_FILE}"), line, message }]
+            })?;
+        }
         let mut mappings = Vec::new();
         for name in names {
             match compile_mapping(name, read, shown_dir) {

@@ -19,8 +19,8 @@ use async_trait::async_trait;
 use moka::{ops::compute::Op, sync::Cache};
 
 use super::{
-    AuditQuery, AuditRecord, AuditRow, Current, HistoryPage, HistoryQuery, IngestRecord, NewVersion, Observed,
-    SearchPage, SearchPlan, Store, StoreResult, StoreTx, Stored, TransferRow,
+    AuditQuery, AuditRecord, AuditRow, Current, HistoryPage, HistoryQuery, IngestRecord, NewVersion, NpoOrganization,
+    NpoStatement, Observed, SearchPage, SearchPlan, Store, StoreResult, StoreTx, Stored, TransferRow,
 };
 
 /// Key of a current version: resource type and logical id.
@@ -161,6 +161,14 @@ impl Store for CachedStore {
         self.inner.transfers_for_binary(binary_id).await
     }
 
+    async fn npo_organizations(&self) -> StoreResult<Vec<NpoOrganization>> {
+        self.inner.npo_organizations().await
+    }
+
+    async fn npo_statements(&self, code: Option<&str>) -> StoreResult<Vec<NpoStatement>> {
+        self.inner.npo_statements(code).await
+    }
+
     async fn open_transfers(&self, before_ms: i64, party: Option<&str>, limit: usize) -> StoreResult<Vec<TransferRow>> {
         self.inner.open_transfers(before_ms, party, limit).await
     }
@@ -191,6 +199,14 @@ impl StoreTx for CachedTx {
 
     async fn transfer(&mut self, task_id: &str) -> StoreResult<Option<TransferRow>> {
         self.inner.transfer(task_id).await
+    }
+
+    async fn npo_put_organization(&mut self, org: &NpoOrganization) -> StoreResult<()> {
+        self.inner.npo_put_organization(org).await
+    }
+
+    async fn npo_add_statement(&mut self, statement: &NpoStatement) -> StoreResult<()> {
+        self.inner.npo_add_statement(statement).await
     }
 
     async fn put_transfer(&mut self, row: &TransferRow) -> StoreResult<()> {

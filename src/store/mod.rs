@@ -178,6 +178,36 @@ pub struct TransferRow {
     pub duplicate_of: Option<String>,
 }
 
+/// An organisation of the NPÖ registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NpoOrganization {
+    /// Kommunkod, or the region's länskod.
+    pub code: String,
+    pub name: String,
+    pub delregion: Option<String>,
+    pub hsa_id: Option<String>,
+    pub organisationsnummer: Option<String>,
+    pub is_region: bool,
+    pub updated_ms: i64,
+    pub updated_by: String,
+}
+
+/// One declared NPÖ status, as recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NpoStatement {
+    /// Order of recording (0 before it is stored).
+    pub seq: i64,
+    pub code: String,
+    pub info_type: String,
+    pub producer: Option<bool>,
+    pub consumer: Option<bool>,
+    /// `YYYY-MM-DD`.
+    pub declared_at: String,
+    pub source: String,
+    pub recorded_by: String,
+    pub recorded_ms: i64,
+}
+
 /// Observed production of one municipality and information type.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observed {
@@ -271,6 +301,10 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_chain(&self, after_seq: i64, limit: usize) -> StoreResult<Vec<AuditRow>>;
     /// The last entry's sequence number and hash, as recorded beside the chain.
     async fn audit_head(&self) -> StoreResult<(i64, String)>;
+    /// The organisations of the NPÖ registry, by code.
+    async fn npo_organizations(&self) -> StoreResult<Vec<NpoOrganization>>;
+    /// Declared NPÖ statements in recording order, of one organisation or all.
+    async fn npo_statements(&self, code: Option<&str>) -> StoreResult<Vec<NpoStatement>>;
     /// Transfers whose document content is the Binary `binary_id`.
     async fn transfers_for_binary(&self, binary_id: &str) -> StoreResult<Vec<TransferRow>>;
     /// Open transfers (requested or received) created before `before_ms`, oldest first,
@@ -300,6 +334,10 @@ pub trait StoreTx: Send {
     async fn grant(&mut self, ty: &str, id: &str, access: &str) -> StoreResult<()>;
     /// Appends an audit entry in this transaction: it is stored if and only if the transaction is.
     async fn audit(&mut self, record: AuditRecord) -> StoreResult<()>;
+    /// Inserts or replaces an organisation of the NPÖ registry.
+    async fn npo_put_organization(&mut self, org: &NpoOrganization) -> StoreResult<()>;
+    /// Records a declared NPÖ status (its `seq` is assigned).
+    async fn npo_add_statement(&mut self, statement: &NpoStatement) -> StoreResult<()>;
     /// The transfer row of a Task.
     async fn transfer(&mut self, task_id: &str) -> StoreResult<Option<TransferRow>>;
     /// Inserts or replaces a transfer row.

@@ -25,8 +25,8 @@ use tokio::sync::{Mutex, Notify, OwnedMutexGuard, oneshot};
 
 use super::ACCESS_PARAM;
 use super::{
-    AuditQuery, AuditRecord, AuditRow, Current, HistoryPage, HistoryQuery, IngestRecord, NewVersion, Observed,
-    SearchPage, SearchPlan, Store, StoreError, StoreResult, StoreTx, Stored, TransferRow,
+    AuditQuery, AuditRecord, AuditRow, Current, HistoryPage, HistoryQuery, IngestRecord, NewVersion, NpoOrganization,
+    NpoStatement, Observed, SearchPage, SearchPlan, Store, StoreError, StoreResult, StoreTx, Stored, TransferRow,
     plan::{Cursor, CursorValue, IndexTable},
     sql::{self, Arg, CursorKind, Dialect, ROW_COLUMNS, Sql},
 };
@@ -36,6 +36,7 @@ use crate::config::DatabaseConfig;
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "resources", include_str!("../../migrations/sqlite/0001_resources.sql")),
     (2, "access_audit_ingest", include_str!("../../migrations/sqlite/0002_access_audit_ingest.sql")),
+    (3, "npo", include_str!("../../migrations/sqlite/0003_npo.sql")),
     (4, "transfers", include_str!("../../migrations/sqlite/0004_transfers.sql")),
 ];
 
@@ -538,6 +539,60 @@ impl Store for SqliteStore {
             .map_err(err)
     }
 
+    async fn npo_organizations(&self) -> StoreResult<Vec<NpoOrganization>> {
+        let rows = sqlx::query(
+            "SELECT code, name, delregion, hsa_id, organisationsnummer, is_region, updated_ms, updated_by \
+             FROM npo_organizations ORDER BY is_region, code",
+        )
+        .fetch_all(&self.readers)
+        .await
+        .map_err(err)?;
+        rows.iter()
+            .map(|r| -> Result<NpoOrganization, sqlx::Error> {
+                Ok(NpoOrganization {
+                    code: r.try_get(0)?,
+                    name: r.try_get(1)?,
+                    delregion: r.try_get(2)?,
+                    hsa_id: r.try_get(3)?,
+                    organisationsnummer: r.try_get(4)?,
+                    is_region: r.try_get::<i64, _>(5)? != 0,
+                    updated_ms: r.try_get(6)?,
+                    updated_by: r.try_get(7)?,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(err)
+    }
+
+    async fn npo_statements(&self, code: Option<&str>) -> StoreResult<Vec<NpoStatement>> {
+        let filter = if code.is_some() { "WHERE code = ?" } else { "" };
+        let sql = format!(
+            "SELECT seq, code, info_type, declared_producer, declared_consumer, declared_at, source, recorded_by, recorded_ms \
+             FROM npo_statements {filter} ORDER BY seq"
+        );
+        let mut q = sqlx::query(&sql);
+        if let Some(c) = code {
+            q = q.bind(c);
+        }
+        let rows = q.fetch_all(&self.readers).await.map_err(err)?;
+        rows.iter()
+            .map(|r| -> Result<NpoStatement, sqlx::Error> {
+                Ok(NpoStatement {
+                    seq: r.try_get(0)?,
+                    code: r.try_get(1)?,
+                    info_type: r.try_get(2)?,
+                    producer: r.try_get::<Option<i64>, _>(3)?.map(|v| v != 0),
+                    consumer: r.try_get::<Option<i64>, _>(4)?.map(|v| v != 0),
+                    declared_at: r.try_get(5)?,
+                    source: r.try_get(6)?,
+                    recorded_by: r.try_get(7)?,
+                    recorded_ms: r.try_get(8)?,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(err)
+    }
+
     async fn transfers_for_binary(&self, binary_id: &str) -> StoreResult<Vec<TransferRow>> {
         let rows = sqlx::query(&format!("SELECT {TRANSFER_COLUMNS} FROM transfers WHERE binary_id = ?"))
             .bind(binary_id)
@@ -865,6 +920,44 @@ impl StoreTx for SqliteTx {
 
     async fn audit(&mut self, record: AuditRecord) -> StoreResult<()> {
         self.push_audit(&record);
+        Ok(())
+    }
+
+    async fn npo_put_organization(&mut self, o: &NpoOrganization) -> StoreResult<()> {
+        let opt = |s: &Option<String>| s.as_ref().map_or(Arg::Null, |s| Arg::Text(s.clone()));
+        self.push(
+            "INSERT OR REPLACE INTO npo_organizations (code, name, delregion, hsa_id, organisationsnummer, is_region, \
+             updated_ms, updated_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                Arg::Text(o.code.clone()),
+                Arg::Text(o.name.clone()),
+                opt(&o.delregion),
+                opt(&o.hsa_id),
+                opt(&o.organisationsnummer),
+                Arg::Int(i64::from(o.is_region)),
+                Arg::Int(o.updated_ms),
+                Arg::Text(o.updated_by.clone()),
+            ],
+        );
+        Ok(())
+    }
+
+    async fn npo_add_statement(&mut self, st: &NpoStatement) -> StoreResult<()> {
+        let flag = |b: Option<bool>| b.map_or(Arg::Null, |b| Arg::Int(i64::from(b)));
+        self.push(
+            "INSERT INTO npo_statements (code, info_type, declared_producer, declared_consumer, declared_at, source, \
+             recorded_by, recorded_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                Arg::Text(st.code.clone()),
+                Arg::Text(st.info_type.clone()),
+                flag(st.producer),
+                flag(st.consumer),
+                Arg::Text(st.declared_at.clone()),
+                Arg::Text(st.source.clone()),
+                Arg::Text(st.recorded_by.clone()),
+                Arg::Int(st.recorded_ms),
+            ],
+        );
         Ok(())
     }
 

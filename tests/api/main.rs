@@ -9,6 +9,7 @@ mod fhir_client;
 mod helpers;
 mod http;
 mod ingest;
+mod npo;
 mod search;
 mod security;
 mod transfers;
