@@ -73,6 +73,7 @@ impl AppState {
             "mappings loaded"
         );
         let store = crate::store::open(&config.database).await?;
+        crate::subscriptions::spawn_worker(&store, config.subscriptions.clone());
         let added = crate::npo::seed(&store, &mappings.reference).await?;
         if added > 0 {
             tracing::info!(organisations = added, "NPÖ registry seeded from the reference data");

@@ -24,6 +24,39 @@ pub struct Config {
     pub mappings: MappingsConfig,
     /// The municipal push endpoints.
     pub ingest: IngestConfig,
+    /// Rest-hook Subscription delivery.
+    pub subscriptions: SubscriptionsConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubscriptionsConfig {
+    /// Base of the retry schedule in ms: a failed notification is retried after
+    /// 1, 5, 30, 120 and 600 times it, then every 600 times it (±20 % jitter).
+    pub retry_base_ms: u64,
+    /// Seconds of failures in a row after which a Subscription's status becomes `error`.
+    pub error_after_secs: u64,
+    /// Timeout of one delivery, seconds.
+    pub timeout_secs: u64,
+    /// How often the worker looks for due notifications, ms.
+    pub poll_ms: u64,
+    /// Accept http:// endpoints anywhere (otherwise https only).
+    pub allow_http: bool,
+    /// Accept http:// endpoints on loopback addresses (a receiver on the same host).
+    pub allow_loopback_http: bool,
+}
+
+impl Default for SubscriptionsConfig {
+    fn default() -> Self {
+        SubscriptionsConfig {
+            retry_base_ms: 1000,
+            error_after_secs: 3600,
+            timeout_secs: 10,
+            poll_ms: 200,
+            allow_http: false,
+            allow_loopback_http: true,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -239,6 +272,15 @@ impl Config {
         }
         if self.ingest.max_batch_bytes < 1024 {
             return Err(key_error("ingest.max_batch_bytes", "must be at least 1024"));
+        }
+        if self.subscriptions.retry_base_ms == 0 || self.subscriptions.retry_base_ms > 3_600_000 {
+            return Err(key_error("subscriptions.retry_base_ms", "must be between 1 and 3600000"));
+        }
+        if !(1..=300).contains(&self.subscriptions.timeout_secs) {
+            return Err(key_error("subscriptions.timeout_secs", "must be between 1 and 300"));
+        }
+        if !(10..=60_000).contains(&self.subscriptions.poll_ms) {
+            return Err(key_error("subscriptions.poll_ms", "must be between 10 and 60000"));
         }
         if !(1..=10_000).contains(&self.ingest.batch_chunk) {
             return Err(key_error("ingest.batch_chunk", "must be between 1 and 10000"));

@@ -35,6 +35,8 @@ pub mod npo;
 pub mod reference;
 /// The `Store` trait, the SQLite backend and the SQL shared by backends.
 pub mod store;
+/// Rest-hook Subscriptions: matching in the writing transaction, the durable outbox, delivery.
+pub mod subscriptions;
 /// TLS and mutual TLS: settings, rustls configuration, client identity, HTTPS serving.
 pub mod tls;
 /// Document transfers: the Task state machine, first-fetch receipt, overdue list, duplicates.

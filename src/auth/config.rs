@@ -62,7 +62,7 @@ pub fn example_clients() -> Vec<ClientConfig> {
         jwks: format!("certs-example/clients/{id}.jwks.json"),
         name: Some(name.into()),
     };
-    let municipal = ["system/*.rs", "system/Task.cruds", "nara/ingest"];
+    let municipal = ["system/*.rs", "system/Task.cruds", "system/Subscription.cruds", "nara/ingest"];
     vec![
         client("lund-ehr", "SE2120001231-0001", Some("1281"), &municipal, "Lunds kommun (example)"),
         client("malmo-ehr", "SE2120000829-0001", Some("1280"), &municipal, "Malmö stad (example)"),

@@ -537,8 +537,9 @@ async fn transaction(
         let target = targets.get(&i).cloned();
         let answer = match (entry.op, target) {
             (Op::Create { ty, body, .. }, Some((_, id, true))) => {
-                let w =
-                    interactions::create_in(tx.as_mut(), actor, &ty, &id, body).await.map_err(|e| at_entry(i, e))?;
+                let w = interactions::create_in(tx.as_mut(), &st.config, actor, &ty, &id, body)
+                    .await
+                    .map_err(|e| at_entry(i, e))?;
                 written_answer(w, ret)
             }
             (Op::Create { ty, .. }, Some((_, id, false))) => {
@@ -549,7 +550,7 @@ async fn transaction(
             (Op::Update { ty, id, body, if_match }, _) => {
                 interactions::check_body_id(&body, Some(&id), &ty).map_err(|e| at_entry(i, e))?;
                 let if_match = interactions::parse_if_match(if_match.as_deref()).map_err(|e| at_entry(i, e))?;
-                let w = interactions::update_in(tx.as_mut(), actor, &ty, &id, body, if_match)
+                let w = interactions::update_in(tx.as_mut(), &st.config, actor, &ty, &id, body, if_match)
                     .await
                     .map_err(|e| at_entry(i, e))?;
                 written_answer(w, ret)
@@ -566,7 +567,7 @@ async fn transaction(
                         ),
                     ));
                 }
-                let w = interactions::update_in(tx.as_mut(), actor, &ty, &id, body, None)
+                let w = interactions::update_in(tx.as_mut(), &st.config, actor, &ty, &id, body, None)
                     .await
                     .map_err(|e| at_entry(i, e))?;
                 written_answer(w, ret)

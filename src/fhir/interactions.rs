@@ -254,6 +254,9 @@ pub async fn put_with_access(
     if let Some(row) = &transfer {
         crate::transfer::after_task_write(tx, row, version == 1).await?;
     }
+    if ty == "Task" {
+        crate::subscriptions::on_task_written(tx, id, version, access).await?;
+    }
     Ok(Written {
         ty: ty.to_owned(),
         id: id.to_owned(),
@@ -268,17 +271,25 @@ pub async fn put_with_access(
 /// Creates `ty` with a new id (the body's `id`, if any, is replaced, as FHIR prescribes for create).
 pub async fn create_in(
     tx: &mut dyn StoreTx,
+    cfg: &crate::config::Config,
     actor: &Actor,
     ty: &str,
     id: &str,
-    body: Value,
+    mut body: Value,
 ) -> Result<Written, ApiError> {
     check_writable_type(ty)?;
     actor.require(ty, Action::Create)?;
     if ty == "Task" {
         crate::transfer::check_write(tx, actor, None, &body).await?;
     }
-    put_version(tx, actor, ty, id, 1, "POST", body, StatusCode::CREATED, "").await
+    if ty == "Subscription" {
+        crate::subscriptions::prepare(&mut body, &cfg.subscriptions, &cfg.fhir)?;
+    }
+    let written = put_version(tx, actor, ty, id, 1, "POST", body.clone(), StatusCode::CREATED, "").await?;
+    if ty == "Subscription" {
+        crate::subscriptions::register(tx, actor, id, &body).await?;
+    }
+    Ok(written)
 }
 
 /// Refuses a bound actor's change of another organisation's resource.
@@ -295,10 +306,11 @@ fn check_may_change(actor: &Actor, ty: &str, id: &str, access: &str) -> Result<(
 /// Updates (or creates, with the client's id) `ty/id`. `if_match` is the expected current version.
 pub async fn update_in(
     tx: &mut dyn StoreTx,
+    cfg: &crate::config::Config,
     actor: &Actor,
     ty: &str,
     id: &str,
-    body: Value,
+    mut body: Value,
     if_match: Option<i64>,
 ) -> Result<Written, ApiError> {
     check_writable_type(ty)?;
@@ -330,12 +342,19 @@ pub async fn update_in(
             stored.map(|t| crate::json::parse(t.as_bytes())).transpose().map_err(|e| ApiError::Internal(e.message))?;
         crate::transfer::check_write(tx, actor, stored.as_ref(), &body).await?;
     }
+    if ty == "Subscription" {
+        crate::subscriptions::prepare(&mut body, &cfg.subscriptions, &cfg.fhir)?;
+    }
     let (version, status, previous) = match current {
         Some(c) if !c.deleted => (c.version + 1, StatusCode::OK, c.access),
         Some(c) => (c.version + 1, StatusCode::CREATED, c.access),
         None => (1, StatusCode::CREATED, String::new()),
     };
-    put_version(tx, actor, ty, id, version, "PUT", body, status, &previous).await
+    let written = put_version(tx, actor, ty, id, version, "PUT", body.clone(), status, &previous).await?;
+    if ty == "Subscription" {
+        crate::subscriptions::register(tx, actor, id, &body).await?;
+    }
+    Ok(written)
 }
 
 /// Deletes `ty/id`; `Ok(None)` when it was already deleted.
@@ -376,6 +395,9 @@ pub async fn delete_in(
     let at_ms = now_ms();
     let version = current.version + 1;
     tx.delete(ty, id, version, at_ms).await?;
+    if ty == "Subscription" {
+        tx.remove_subscription(id).await?;
+    }
     Ok(Some(Written {
         ty: ty.to_owned(),
         id: id.to_owned(),
@@ -435,7 +457,7 @@ pub async fn create(
         return Ok(a);
     }
     let id = resource::new_id();
-    let written = create_in(tx.as_mut(), actor, ty, &id, body).await?;
+    let written = create_in(tx.as_mut(), &st.config, actor, ty, &id, body).await?;
     commit_audited(tx, actor, audit::Event::Create, written.answer()).await
 }
 
@@ -468,7 +490,7 @@ pub async fn update(
     check_body_id(&body, Some(id), ty)?;
     let if_match = parse_if_match(if_match)?;
     let mut tx = st.store.begin().await?;
-    let written = update_in(tx.as_mut(), actor, ty, id, body, if_match).await?;
+    let written = update_in(tx.as_mut(), &st.config, actor, ty, id, body, if_match).await?;
     commit_audited(tx, actor, audit::Event::Update, written.answer()).await
 }
 
@@ -523,7 +545,7 @@ pub async fn conditional_update(
         }
         Matched::None => resource::id_of(&body).map_or_else(resource::new_id, str::to_owned),
     };
-    let written = update_in(tx.as_mut(), actor, ty, &id, body, None).await?;
+    let written = update_in(tx.as_mut(), &st.config, actor, ty, &id, body, None).await?;
     commit_audited(tx, actor, audit::Event::Update, written.answer()).await
 }
 

@@ -19,8 +19,9 @@ use async_trait::async_trait;
 use moka::{ops::compute::Op, sync::Cache};
 
 use super::{
-    AuditQuery, AuditRecord, AuditRow, Current, HistoryPage, HistoryQuery, IngestRecord, NewVersion, NpoOrganization,
-    NpoStatement, Observed, SearchPage, SearchPlan, Store, StoreResult, StoreTx, Stored, TransferRow,
+    AuditQuery, AuditRecord, AuditRow, Current, HistoryPage, HistoryQuery, IngestRecord, NewVersion, Notification,
+    NpoOrganization, NpoStatement, Observed, SearchPage, SearchPlan, Store, StoreResult, StoreTx, Stored,
+    SubscriptionRow, TransferRow,
 };
 
 /// Key of a current version: resource type and logical id.
@@ -199,6 +200,39 @@ impl StoreTx for CachedTx {
 
     async fn transfer(&mut self, task_id: &str) -> StoreResult<Option<TransferRow>> {
         self.inner.transfer(task_id).await
+    }
+
+    async fn put_subscription(&mut self, row: &SubscriptionRow) -> StoreResult<()> {
+        self.inner.put_subscription(row).await
+    }
+
+    async fn remove_subscription(&mut self, sub_id: &str) -> StoreResult<()> {
+        self.inner.remove_subscription(sub_id).await
+    }
+
+    async fn live_subscriptions(&mut self) -> StoreResult<Vec<SubscriptionRow>> {
+        self.inner.live_subscriptions().await
+    }
+
+    async fn add_notification(&mut self, n: &Notification, due_ms: i64) -> StoreResult<()> {
+        self.inner.add_notification(n, due_ms).await
+    }
+
+    async fn claim_notifications(
+        &mut self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<Notification>> {
+        self.inner.claim_notifications(now_ms, lease_until_ms, limit).await
+    }
+
+    async fn delivered(&mut self, event_id: &str, at_ms: i64) -> StoreResult<()> {
+        self.inner.delivered(event_id, at_ms).await
+    }
+
+    async fn retry_notification(&mut self, event_id: &str, next_ms: i64, error: &str) -> StoreResult<()> {
+        self.inner.retry_notification(event_id, next_ms, error).await
     }
 
     async fn npo_put_organization(&mut self, org: &NpoOrganization) -> StoreResult<()> {

@@ -208,6 +208,34 @@ pub struct NpoStatement {
     pub recorded_ms: i64,
 }
 
+/// An active (or failing, or switched off) rest-hook Subscription, as matching needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscriptionRow {
+    pub sub_id: String,
+    /// Organisationsnummer of the creator; empty for cross-organisation clients.
+    pub owner_key: String,
+    pub criteria: String,
+    pub endpoint: String,
+    /// The payload MIME type; `None`: empty notifications.
+    pub payload: Option<String>,
+    /// `Name: value` headers to send.
+    pub headers: Vec<String>,
+    pub status: String,
+    pub failing_since: Option<i64>,
+}
+
+/// A notification in the outbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notification {
+    pub event_id: String,
+    pub sub_id: String,
+    /// `Task/id`.
+    pub resource: String,
+    pub version: i64,
+    pub created_ms: i64,
+    pub attempts: i64,
+}
+
 /// Observed production of one municipality and information type.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observed {
@@ -338,6 +366,25 @@ pub trait StoreTx: Send {
     async fn npo_put_organization(&mut self, org: &NpoOrganization) -> StoreResult<()>;
     /// Records a declared NPÖ status (its `seq` is assigned).
     async fn npo_add_statement(&mut self, statement: &NpoStatement) -> StoreResult<()>;
+    /// Inserts or replaces a Subscription's matching row.
+    async fn put_subscription(&mut self, row: &SubscriptionRow) -> StoreResult<()>;
+    /// Removes a Subscription's matching row and its undelivered notifications.
+    async fn remove_subscription(&mut self, sub_id: &str) -> StoreResult<()>;
+    /// The Subscriptions that receive notifications (status active or error).
+    async fn live_subscriptions(&mut self) -> StoreResult<Vec<SubscriptionRow>>;
+    /// Adds a notification to the outbox.
+    async fn add_notification(&mut self, n: &Notification, due_ms: i64) -> StoreResult<()>;
+    /// Leases up to `limit` due notifications until `lease_until_ms`.
+    async fn claim_notifications(
+        &mut self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<Notification>>;
+    /// Marks a notification delivered.
+    async fn delivered(&mut self, event_id: &str, at_ms: i64) -> StoreResult<()>;
+    /// Schedules another attempt of a notification.
+    async fn retry_notification(&mut self, event_id: &str, next_ms: i64, error: &str) -> StoreResult<()>;
     /// The transfer row of a Task.
     async fn transfer(&mut self, task_id: &str) -> StoreResult<Option<TransferRow>>;
     /// Inserts or replaces a transfer row.

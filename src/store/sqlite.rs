@@ -25,8 +25,9 @@ use tokio::sync::{Mutex, Notify, OwnedMutexGuard, oneshot};
 
 use super::ACCESS_PARAM;
 use super::{
-    AuditQuery, AuditRecord, AuditRow, Current, HistoryPage, HistoryQuery, IngestRecord, NewVersion, NpoOrganization,
-    NpoStatement, Observed, SearchPage, SearchPlan, Store, StoreError, StoreResult, StoreTx, Stored, TransferRow,
+    AuditQuery, AuditRecord, AuditRow, Current, HistoryPage, HistoryQuery, IngestRecord, NewVersion, Notification,
+    NpoOrganization, NpoStatement, Observed, SearchPage, SearchPlan, Store, StoreError, StoreResult, StoreTx, Stored,
+    SubscriptionRow, TransferRow,
     plan::{Cursor, CursorValue, IndexTable},
     sql::{self, Arg, CursorKind, Dialect, ROW_COLUMNS, Sql},
 };
@@ -38,6 +39,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "access_audit_ingest", include_str!("../../migrations/sqlite/0002_access_audit_ingest.sql")),
     (3, "npo", include_str!("../../migrations/sqlite/0003_npo.sql")),
     (4, "transfers", include_str!("../../migrations/sqlite/0004_transfers.sql")),
+    (5, "subscriptions", include_str!("../../migrations/sqlite/0005_subscriptions.sql")),
 ];
 
 pub struct SqliteStore {
@@ -957,6 +959,125 @@ impl StoreTx for SqliteTx {
                 Arg::Text(st.recorded_by.clone()),
                 Arg::Int(st.recorded_ms),
             ],
+        );
+        Ok(())
+    }
+
+    async fn put_subscription(&mut self, r: &SubscriptionRow) -> StoreResult<()> {
+        let headers = serde_json::to_string(&r.headers).map_err(|e| StoreError::Internal(e.to_string()))?;
+        self.push(
+            "INSERT OR REPLACE INTO subscriptions (sub_id, owner_key, criteria, endpoint, payload, headers, status, \
+             failing_since) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                Arg::Text(r.sub_id.clone()),
+                Arg::Text(r.owner_key.clone()),
+                Arg::Text(r.criteria.clone()),
+                Arg::Text(r.endpoint.clone()),
+                r.payload.as_ref().map_or(Arg::Null, |p| Arg::Text(p.clone())),
+                Arg::Text(headers),
+                Arg::Text(r.status.clone()),
+                r.failing_since.map_or(Arg::Null, Arg::Int),
+            ],
+        );
+        Ok(())
+    }
+
+    async fn remove_subscription(&mut self, sub_id: &str) -> StoreResult<()> {
+        self.push("DELETE FROM subscriptions WHERE sub_id = ?", [Arg::Text(sub_id.to_owned())]);
+        self.push("DELETE FROM outbox WHERE sub_id = ? AND delivered_ms IS NULL", [Arg::Text(sub_id.to_owned())]);
+        Ok(())
+    }
+
+    async fn live_subscriptions(&mut self) -> StoreResult<Vec<SubscriptionRow>> {
+        self.send().await?;
+        let rows = sqlx::query(
+            "SELECT sub_id, owner_key, criteria, endpoint, payload, headers, status, failing_since FROM subscriptions \
+             WHERE status IN ('active', 'error') ORDER BY sub_id",
+        )
+        .fetch_all(&mut self.guard.conn)
+        .await
+        .map_err(err)?;
+        rows.iter()
+            .map(|r| -> Result<SubscriptionRow, sqlx::Error> {
+                let headers: String = r.try_get(5)?;
+                Ok(SubscriptionRow {
+                    sub_id: r.try_get(0)?,
+                    owner_key: r.try_get(1)?,
+                    criteria: r.try_get(2)?,
+                    endpoint: r.try_get(3)?,
+                    payload: r.try_get(4)?,
+                    headers: serde_json::from_str(&headers).unwrap_or_default(),
+                    status: r.try_get(6)?,
+                    failing_since: r.try_get(7)?,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(err)
+    }
+
+    async fn add_notification(&mut self, n: &Notification, due_ms: i64) -> StoreResult<()> {
+        self.push(
+            "INSERT INTO outbox (event_id, sub_id, resource, version, created_ms, next_attempt_ms, attempts, \
+             claimed_until) VALUES (?, ?, ?, ?, ?, ?, 0, 0)",
+            [
+                Arg::Text(n.event_id.clone()),
+                Arg::Text(n.sub_id.clone()),
+                Arg::Text(n.resource.clone()),
+                Arg::Int(n.version),
+                Arg::Int(n.created_ms),
+                Arg::Int(due_ms),
+            ],
+        );
+        Ok(())
+    }
+
+    async fn claim_notifications(
+        &mut self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<Notification>> {
+        self.send().await?;
+        let rows = sqlx::query(
+            "UPDATE outbox SET claimed_until = ?, attempts = attempts + 1 WHERE event_id IN \
+             (SELECT event_id FROM outbox WHERE delivered_ms IS NULL AND next_attempt_ms <= ? AND claimed_until <= ? \
+              ORDER BY next_attempt_ms, created_ms LIMIT ?) \
+             RETURNING event_id, sub_id, resource, version, created_ms, attempts",
+        )
+        .bind(lease_until_ms)
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut self.guard.conn)
+        .await
+        .map_err(err)?;
+        rows.iter()
+            .map(|r| -> Result<Notification, sqlx::Error> {
+                Ok(Notification {
+                    event_id: r.try_get(0)?,
+                    sub_id: r.try_get(1)?,
+                    resource: r.try_get(2)?,
+                    version: r.try_get(3)?,
+                    created_ms: r.try_get(4)?,
+                    attempts: r.try_get(5)?,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(err)
+    }
+
+    async fn delivered(&mut self, event_id: &str, at_ms: i64) -> StoreResult<()> {
+        self.push(
+            "UPDATE outbox SET delivered_ms = ?, claimed_until = 0, last_error = NULL WHERE event_id = ?",
+            [Arg::Int(at_ms), Arg::Text(event_id.to_owned())],
+        );
+        Ok(())
+    }
+
+    async fn retry_notification(&mut self, event_id: &str, next_ms: i64, error: &str) -> StoreResult<()> {
+        self.push(
+            "UPDATE outbox SET next_attempt_ms = ?, claimed_until = 0, last_error = ? WHERE event_id = ?",
+            [Arg::Int(next_ms), Arg::Text(error.to_owned()), Arg::Text(event_id.to_owned())],
         );
         Ok(())
     }

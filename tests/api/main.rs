@@ -12,5 +12,6 @@ mod ingest;
 mod npo;
 mod search;
 mod security;
+mod subscriptions;
 mod transfers;
 mod validation;
