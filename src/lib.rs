@@ -33,10 +33,13 @@ pub mod metrics;
 pub mod npo;
 /// Shipped reference data: the region's municipalities and delregions.
 pub mod reference;
-/// The `Store` trait, the SQLite backend and the SQL shared by backends.
+/// The `Store` trait, the SQLite and PostgreSQL backends and the SQL they share.
 pub mod store;
 /// Rest-hook Subscriptions: matching in the writing transaction, the durable outbox, delivery.
 pub mod subscriptions;
+/// A fresh SQLite or PostgreSQL database per test (`NARA_TEST_POSTGRES_URL`).
+#[doc(hidden)]
+pub mod test_support;
 /// TLS and mutual TLS: settings, rustls configuration, client identity, HTTPS serving.
 pub mod tls;
 /// Document transfers: the Task state machine, first-fetch receipt, overdue list, duplicates.

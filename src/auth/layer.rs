@@ -162,11 +162,31 @@ pub async fn token(State(st): State<AppState>, req: Request) -> Response {
         return ApiError::NotFound("authentication is switched off on this gateway".into()).into_response();
     };
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let result = if ct.split(';').next().unwrap_or("").trim() == "application/x-www-form-urlencoded" {
+    let mut result = if ct.split(';').next().unwrap_or("").trim() == "application/x-www-form-urlencoded" {
         auth.exchange(&body, unix_now())
     } else {
         Err(super::OAuthError::invalid_request("the token request must be application/x-www-form-urlencoded"))
     };
+    // The in-memory replay check covers this process since it started; the
+    // store covers restarts and the other replicas on the same database.
+    if let Ok(grant) = &result {
+        let now_ms = i64::try_from(unix_now().saturating_mul(1000)).unwrap_or(i64::MAX);
+        match st.store.claim_assertion(&grant.assertion_key, grant.assertion_expires_ms, now_ms).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(client.id = %grant.client_id, "a client assertion was replayed");
+                let id = grant.client_id.clone();
+                result =
+                    Err(super::OAuthError::invalid_client("the client assertion's jti was already used")
+                        .for_client(&id));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a token request's assertion could not be recorded");
+                return ApiError::Unavailable("the token request could not be completed; try again".into())
+                    .into_response();
+            }
+        }
+    }
     let (status, client, reason) = match &result {
         Ok(_) => (StatusCode::OK, None, None),
         Err(e) => (e.status(), e.client_id().map(str::to_owned), Some(e.to_string())),

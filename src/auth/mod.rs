@@ -111,6 +111,10 @@ pub struct Grant {
     pub municipality: Option<String>,
     /// What goes back to the client.
     pub response: TokenResponse,
+    /// `client id` and `jti` of the assertion, to record beyond this process
+    /// (see [`crate::store::Store::claim_assertion`]), and until when (ms).
+    pub assertion_key: String,
+    pub assertion_expires_ms: i64,
 }
 
 /// A registered client with its keys loaded.

@@ -58,7 +58,8 @@ impl Auth {
         if assertion.len() > MAX_ASSERTION_BYTES {
             return Err(OAuthError::invalid_request("`client_assertion` is too large"));
         }
-        let client = self.authenticate_client(assertion, field("client_id"), now)?;
+        let (client, assertion_key, assertion_expires) =
+            self.authenticate_client(assertion, field("client_id"), now)?;
         let scopes = self.grant_scopes(client, field("scope").unwrap_or(""))?;
         let response = self.issue(client, &scopes, now)?;
         tracing::info!(client.id = %client.id, scope = %response.scope, "access token issued");
@@ -67,16 +68,20 @@ impl Auth {
             organization: client.organization.clone(),
             municipality: client.municipality.clone(),
             response,
+            assertion_key,
+            assertion_expires_ms: i64::try_from(assertion_expires.saturating_mul(1000)).unwrap_or(i64::MAX),
         })
     }
 
-    /// Verifies the client assertion and returns the client it authenticates.
+    /// Verifies the client assertion and returns the client it authenticates,
+    /// with the assertion's replay key (SHA-256 of client id and `jti`, hex)
+    /// and the time (s) until which it must be remembered.
     fn authenticate_client(
         &self,
         assertion: &str,
         form_client_id: Option<&str>,
         now: u64,
-    ) -> Result<&super::Client, OAuthError> {
+    ) -> Result<(&super::Client, String, u64), OAuthError> {
         fn bad(msg: impl Into<String>) -> OAuthError {
             OAuthError::invalid_client(msg)
         }
@@ -158,7 +163,11 @@ impl Auth {
             tracing::warn!(client.id = %client.id, "a client assertion was replayed");
             return Err(bad("the client assertion's jti was already used"));
         }
-        Ok(client)
+        let key = {
+            use sha2::{Digest, Sha256};
+            hex::encode(Sha256::new().chain_update(client.id.as_bytes()).chain_update([0]).chain_update(jti).finalize())
+        };
+        Ok((client, key, exp.saturating_add(CLOCK_SKEW_SECS)))
     }
 }
 

@@ -24,6 +24,9 @@ pub const DEFAULT_WINDOW_DAYS: u32 = 90;
 /// Adds the reference data's organisations that the registry does not hold
 /// yet, with their declared statuses. Returns how many were added.
 pub async fn seed(store: &std::sync::Arc<dyn Store>, reference: &Reference) -> StoreResult<usize> {
+    // Replicas starting together seed one after the other; the later ones find it done.
+    let mut tx = store.begin().await?;
+    tx.lock("npo-seed").await?;
     let present: Vec<String> = store.npo_organizations().await?.into_iter().map(|o| o.code).collect();
     let now = crate::fhir::interactions::now_ms();
     let mut orgs: Vec<NpoOrganization> = reference
@@ -54,7 +57,6 @@ pub async fn seed(store: &std::sync::Arc<dyn Store>, reference: &Reference) -> S
     if missing.is_empty() {
         return Ok(0);
     }
-    let mut tx = store.begin().await?;
     for o in &missing {
         tx.npo_put_organization(o).await?;
         for d in reference.declared.iter().filter(|d| d.code == o.code) {

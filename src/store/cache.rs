@@ -68,13 +68,48 @@ pub struct CachedStore {
 impl CachedStore {
     /// Wraps `inner` with a cache of at most `max_bytes` of resource text.
     pub fn new(inner: Arc<dyn Store>, max_bytes: u64) -> Self {
-        let current = Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|k: &CurrentKey, v: &Stored| {
-                (v.body.len() + k.ty.len() + k.id.len() + 96).try_into().unwrap_or(u32::MAX)
-            })
-            .build();
-        CachedStore { inner, shared: Arc::new(Shared { current, generation: AtomicU64::new(0) }) }
+        Self::build(inner, max_bytes, None)
+    }
+
+    /// Like [`CachedStore::new`], for a database other processes write too:
+    /// entries also expire `ttl` after they were cached, a bound that holds
+    /// even when a change notification from another process is lost.
+    pub fn shared(inner: Arc<dyn Store>, max_bytes: u64, ttl: std::time::Duration) -> Self {
+        Self::build(inner, max_bytes, Some(ttl))
+    }
+
+    fn build(inner: Arc<dyn Store>, max_bytes: u64, ttl: Option<std::time::Duration>) -> Self {
+        let mut builder = Cache::builder().max_capacity(max_bytes).weigher(|k: &CurrentKey, v: &Stored| {
+            (v.body.len() + k.ty.len() + k.id.len() + 96).try_into().unwrap_or(u32::MAX)
+        });
+        if let Some(ttl) = ttl {
+            builder = builder.time_to_live(ttl);
+        }
+        CachedStore { inner, shared: Arc::new(Shared { current: builder.build(), generation: AtomicU64::new(0) }) }
+    }
+
+    /// A handle that drops entries another process changed.
+    pub fn invalidator(&self) -> Invalidator {
+        Invalidator(self.shared.clone())
+    }
+}
+
+/// Drops cached versions that another process replaced (see the PostgreSQL
+/// backend's change notifications). Bumping the generation first keeps a
+/// read that started before the change from putting the old version back.
+#[derive(Clone)]
+pub struct Invalidator(Arc<Shared>);
+
+impl Invalidator {
+    pub fn forget(&self, ty: &str, id: &str) {
+        self.0.generation.fetch_add(1, Ordering::AcqRel);
+        self.0.current.invalidate(&CurrentKey::new(ty, id));
+    }
+
+    /// Drops everything: notifications may have been missed.
+    pub fn forget_all(&self) {
+        self.0.generation.fetch_add(1, Ordering::AcqRel);
+        self.0.current.invalidate_all();
     }
 }
 
@@ -172,6 +207,10 @@ impl Store for CachedStore {
 
     async fn open_transfers(&self, before_ms: i64, party: Option<&str>, limit: usize) -> StoreResult<Vec<TransferRow>> {
         self.inner.open_transfers(before_ms, party, limit).await
+    }
+
+    async fn claim_assertion(&self, key: &str, expires_ms: i64, now_ms: i64) -> StoreResult<bool> {
+        self.inner.claim_assertion(key, expires_ms, now_ms).await
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -306,6 +345,10 @@ impl StoreTx for CachedTx {
 
     async fn put_ingest_record(&mut self, record: &IngestRecord) -> StoreResult<()> {
         self.inner.put_ingest_record(record).await
+    }
+
+    async fn lock(&mut self, key: &str) -> StoreResult<()> {
+        self.inner.lock(key).await
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {

@@ -6,7 +6,11 @@
 //! Search index rows live beside it and are written in the same transaction.
 
 pub mod cache;
+#[cfg(test)]
+mod conformance;
 pub mod plan;
+pub mod postgres;
+mod rows;
 pub mod sql;
 pub mod sqlite;
 
@@ -340,6 +344,9 @@ pub trait Store: Send + Sync + 'static {
     async fn open_transfers(&self, before_ms: i64, party: Option<&str>, limit: usize) -> StoreResult<Vec<TransferRow>>;
     /// Records ingested per municipality and information type since `since_ms`.
     async fn observed(&self, since_ms: i64) -> StoreResult<Vec<Observed>>;
+    /// Records a client assertion (`client id` and `jti`) until `expires_ms`;
+    /// `false` when it was recorded before and has not expired (a replay).
+    async fn claim_assertion(&self, key: &str, expires_ms: i64, now_ms: i64) -> StoreResult<bool>;
     /// Cheap check that the database answers.
     async fn ping(&self) -> StoreResult<()>;
 }
@@ -395,6 +402,9 @@ pub trait StoreTx: Send {
     async fn ingest_record(&mut self, source_system: &str, record_id: &str) -> StoreResult<Option<IngestRecord>>;
     /// Inserts or replaces an ingested record's entry.
     async fn put_ingest_record(&mut self, record: &IngestRecord) -> StoreResult<()>;
+    /// Waits until no other transaction (of any process) holds `key`, then
+    /// holds it until this one ends. A single-writer backend holds every key already.
+    async fn lock(&mut self, key: &str) -> StoreResult<()>;
     /// Makes the transaction durable.
     async fn commit(self: Box<Self>) -> StoreResult<()>;
 }
@@ -436,6 +446,10 @@ pub(crate) fn index_columns(v: &IndexValue) -> (plan::IndexTable, Vec<sql::Arg>)
     }
 }
 
+/// How long a cached version may be served when other processes share the
+/// database and a change notification was lost (see [`postgres::listen_for_changes`]).
+pub const SHARED_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Opens the backend the URL names and brings its schema up to date.
 pub async fn open(config: &crate::config::DatabaseConfig) -> anyhow::Result<Arc<dyn Store>> {
     if config.url.starts_with("sqlite:") {
@@ -445,6 +459,16 @@ pub async fn open(config: &crate::config::DatabaseConfig) -> anyhow::Result<Arc<
             mb => Arc::new(cache::CachedStore::new(store, mb * 1024 * 1024)),
         })
     } else {
-        anyhow::bail!("database.url: the PostgreSQL backend is not available in this build yet")
+        let pg = postgres::PgStore::open(config).await?;
+        let pool = pg.pool().clone();
+        let store: Arc<dyn Store> = Arc::new(pg);
+        Ok(match config.cache_mb {
+            0 => store,
+            mb => {
+                let cached = cache::CachedStore::shared(store, mb * 1024 * 1024, SHARED_CACHE_TTL);
+                tokio::spawn(postgres::listen_for_changes(pool, cached.invalidator()));
+                Arc::new(cached)
+            }
+        })
     }
 }

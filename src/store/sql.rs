@@ -129,6 +129,65 @@ pub fn search_ids(plan: &SearchPlan) -> Sql {
     sql
 }
 
+/// Versions newest first for a history request, one more than the page.
+pub fn history_query(q: &super::HistoryQuery) -> Sql {
+    let mut sql = Sql::default();
+    sql.push(
+        "SELECT v.vid, v.res_type, v.res_id, v.version, v.last_updated_ms, v.deleted, v.method, v.body, '', '' \
+         FROM versions v WHERE 1 = 1",
+    );
+    if let Some(ty) = &q.ty {
+        sql.push(" AND v.res_type = ").text_arg(ty);
+    }
+    if let Some(id) = &q.id {
+        sql.push(" AND v.res_id = ").text_arg(id);
+    }
+    if let Some(since) = q.since_ms {
+        sql.push(" AND v.last_updated_ms >= ").int(since);
+    }
+    if let Some(before) = q.before_ms {
+        sql.push(" AND v.last_updated_ms < ").int(before);
+    }
+    if let Some(after) = q.after_seq {
+        sql.push(" AND v.vid < ").int(after);
+    }
+    sql.push(" ORDER BY v.vid DESC LIMIT ").int(q.count as i64 + 1);
+    sql
+}
+
+/// Audit entries newest first; `None` when the query cannot match anything.
+pub fn audit_query(q: &super::AuditQuery) -> Option<Sql> {
+    let mut sql = Sql::default();
+    sql.push("SELECT a.seq, a.event_id, a.recorded_ms, a.body, a.prev_hash, a.hash FROM audit_log a WHERE 1 = 1");
+    if let Some(patients) = &q.patients {
+        if patients.is_empty() {
+            return None;
+        }
+        sql.push(" AND a.seq IN (SELECT seq FROM audit_patient WHERE patient IN (");
+        for (i, p) in patients.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.text_arg(p);
+        }
+        sql.push("))");
+    }
+    if let Some(id) = &q.event_id {
+        sql.push(" AND a.event_id = ").text_arg(id);
+    }
+    if let Some(from) = q.from_ms {
+        sql.push(" AND a.recorded_ms >= ").int(from);
+    }
+    if let Some(before) = q.before_ms {
+        sql.push(" AND a.recorded_ms < ").int(before);
+    }
+    if let Some(below) = q.below_seq {
+        sql.push(" AND a.seq < ").int(below);
+    }
+    sql.push(" ORDER BY a.seq DESC LIMIT ").int(q.count as i64);
+    Some(sql)
+}
+
 /// Current resources that `rows` reference through `param` (an `_include`).
 pub fn include_query(rows: &[Stored], param: &str, target_type: Option<&str>, limit: usize) -> Sql {
     let mut sql = Sql::default();

@@ -19,7 +19,7 @@ use std::{
 use async_trait::async_trait;
 use sqlx::{
     Connection, Executor, Row, SqliteConnection,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
 };
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard, oneshot};
 
@@ -28,8 +28,12 @@ use super::{
     AuditQuery, AuditRecord, AuditRow, Current, HistoryPage, HistoryQuery, IngestRecord, NewVersion, Notification,
     NpoOrganization, NpoStatement, Observed, SearchPage, SearchPlan, Store, StoreError, StoreResult, StoreTx, Stored,
     SubscriptionRow, TransferRow,
-    plan::{Cursor, CursorValue, IndexTable},
-    sql::{self, Arg, CursorKind, Dialect, ROW_COLUMNS, Sql},
+    plan::{Cursor, IndexTable},
+    rows::{
+        self, AUDIT_COLUMNS, NPO_ORGANIZATION_QUERY, OBSERVED_QUERY, SUBSCRIPTION_QUERY, TRANSFER_COLUMNS, audit_row,
+        bind_all, stored, transfer_row,
+    },
+    sql::{self, Arg, Dialect, ROW_COLUMNS, Sql},
 };
 use crate::config::DatabaseConfig;
 
@@ -40,6 +44,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "npo", include_str!("../../migrations/sqlite/0003_npo.sql")),
     (4, "transfers", include_str!("../../migrations/sqlite/0004_transfers.sql")),
     (5, "subscriptions", include_str!("../../migrations/sqlite/0005_subscriptions.sql")),
+    (6, "token_assertions", include_str!("../../migrations/sqlite/0006_token_assertions.sql")),
 ];
 
 pub struct SqliteStore {
@@ -227,46 +232,6 @@ fn err(e: sqlx::Error) -> StoreError {
     }
 }
 
-fn method_name(m: &str) -> &'static str {
-    match m {
-        "POST" => "POST",
-        "DELETE" => "DELETE",
-        _ => "PUT",
-    }
-}
-
-/// Reads a row selected with [`ROW_COLUMNS`].
-fn stored(row: &SqliteRow) -> Result<Stored, sqlx::Error> {
-    let body: String = row.try_get(7)?;
-    Ok(Stored {
-        rid: row.try_get(0)?,
-        ty: row.try_get(1)?,
-        id: row.try_get(2)?,
-        version: row.try_get(3)?,
-        last_updated_ms: row.try_get(4)?,
-        deleted: row.try_get::<i64, _>(5)? != 0,
-        method: method_name(row.try_get::<&str, _>(6)?),
-        body: body.into(),
-        access: row.try_get::<String, _>(8)?.into(),
-        patients: row.try_get::<String, _>(9)?.into(),
-    })
-}
-
-fn bind_all<'q>(
-    mut q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
-    args: &'q [Arg],
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
-    for a in args {
-        q = match a {
-            Arg::Null => q.bind(Option::<String>::None),
-            Arg::Int(i) => q.bind(*i),
-            Arg::Real(f) => q.bind(*f),
-            Arg::Text(t) => q.bind(t.as_str()),
-        };
-    }
-    q
-}
-
 /// Runs a page query and splits off the look-ahead row into a cursor.
 async fn run_page<'e, E>(exec: E, plan: &SearchPlan) -> Result<(Vec<Stored>, Option<Cursor>), sqlx::Error>
 where
@@ -275,27 +240,7 @@ where
     let sql = sql::search_page(plan);
     let text = sql.render(Dialect::Sqlite);
     let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(exec).await?;
-    let mut out = Vec::with_capacity(rows.len().min(plan.count));
-    let mut next = None;
-    for (i, row) in rows.iter().enumerate() {
-        if i == plan.count {
-            break;
-        }
-        out.push(stored(row)?);
-        if i + 1 == plan.count && rows.len() > plan.count {
-            let mut values = Vec::with_capacity(plan.sort.len());
-            for (k, s) in plan.sort.iter().enumerate() {
-                let col = sql::ROW_COLUMN_COUNT + k;
-                values.push(match sql::sort_value_kind(s) {
-                    CursorKind::Int => CursorValue::Int(row.try_get(col)?),
-                    CursorKind::Real => CursorValue::Real(row.try_get(col)?),
-                    CursorKind::Text => CursorValue::Text(row.try_get(col)?),
-                });
-            }
-            next = Some(Cursor { values, rid: row.try_get(0)? });
-        }
-    }
-    Ok((out, next))
+    rows::page(&rows, plan)
 }
 
 #[async_trait]
@@ -323,34 +268,9 @@ impl Store for SqliteStore {
     }
 
     async fn history(&self, q: &HistoryQuery) -> StoreResult<HistoryPage> {
-        let mut sql = String::from(
-            "SELECT v.vid, v.res_type, v.res_id, v.version, v.last_updated_ms, v.deleted, v.method, v.body, '', '' \
-             FROM versions v WHERE 1 = 1",
-        );
-        let mut args = Vec::new();
-        if let Some(ty) = &q.ty {
-            sql.push_str(" AND v.res_type = ?");
-            args.push(Arg::Text(ty.clone()));
-        }
-        if let Some(id) = &q.id {
-            sql.push_str(" AND v.res_id = ?");
-            args.push(Arg::Text(id.clone()));
-        }
-        if let Some(since) = q.since_ms {
-            sql.push_str(" AND v.last_updated_ms >= ?");
-            args.push(Arg::Int(since));
-        }
-        if let Some(before) = q.before_ms {
-            sql.push_str(" AND v.last_updated_ms < ?");
-            args.push(Arg::Int(before));
-        }
-        if let Some(after) = q.after_seq {
-            sql.push_str(" AND v.vid < ?");
-            args.push(Arg::Int(after));
-        }
-        sql.push_str(" ORDER BY v.vid DESC LIMIT ?");
-        args.push(Arg::Int(q.count as i64 + 1));
-        let rows = bind_all(sqlx::query(&sql), &args).fetch_all(&self.readers).await.map_err(err)?;
+        let sql = sql::history_query(q);
+        let text = sql.render(Dialect::Sqlite);
+        let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(&self.readers).await.map_err(err)?;
         let mut page = HistoryPage::default();
         for row in rows.iter().take(q.count) {
             let mut s = stored(row).map_err(err)?;
@@ -463,50 +383,19 @@ impl Store for SqliteStore {
     }
 
     async fn audit_entries(&self, q: &AuditQuery) -> StoreResult<Vec<AuditRow>> {
-        let mut sql = String::from(
-            "SELECT a.seq, a.event_id, a.recorded_ms, a.body, a.prev_hash, a.hash FROM audit_log a WHERE 1 = 1",
-        );
-        let mut args = Vec::new();
-        if let Some(patients) = &q.patients {
-            if patients.is_empty() {
-                return Ok(Vec::new());
-            }
-            sql.push_str(" AND a.seq IN (SELECT seq FROM audit_patient WHERE patient IN (");
-            sql.push_str(&vec!["?"; patients.len()].join(", "));
-            sql.push_str("))");
-            args.extend(patients.iter().map(|p| Arg::Text(p.clone())));
-        }
-        if let Some(id) = &q.event_id {
-            sql.push_str(" AND a.event_id = ?");
-            args.push(Arg::Text(id.clone()));
-        }
-        if let Some(from) = q.from_ms {
-            sql.push_str(" AND a.recorded_ms >= ?");
-            args.push(Arg::Int(from));
-        }
-        if let Some(before) = q.before_ms {
-            sql.push_str(" AND a.recorded_ms < ?");
-            args.push(Arg::Int(before));
-        }
-        if let Some(below) = q.below_seq {
-            sql.push_str(" AND a.seq < ?");
-            args.push(Arg::Int(below));
-        }
-        sql.push_str(" ORDER BY a.seq DESC LIMIT ?");
-        args.push(Arg::Int(q.count as i64));
-        let rows = bind_all(sqlx::query(&sql), &args).fetch_all(&self.readers).await.map_err(err)?;
+        let Some(sql) = sql::audit_query(q) else { return Ok(Vec::new()) };
+        let text = sql.render(Dialect::Sqlite);
+        let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(&self.readers).await.map_err(err)?;
         rows.iter().map(audit_row).collect::<Result<_, _>>().map_err(err)
     }
 
     async fn audit_chain(&self, after_seq: i64, limit: usize) -> StoreResult<Vec<AuditRow>> {
-        let rows = sqlx::query(
-            "SELECT seq, event_id, recorded_ms, body, prev_hash, hash FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(after_seq)
-        .bind(limit as i64)
-        .fetch_all(&self.readers)
-        .await
-        .map_err(err)?;
+        let rows = sqlx::query(&format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?"))
+            .bind(after_seq)
+            .bind(limit as i64)
+            .fetch_all(&self.readers)
+            .await
+            .map_err(err)?;
         rows.iter().map(audit_row).collect::<Result<_, _>>().map_err(err)
     }
 
@@ -519,80 +408,23 @@ impl Store for SqliteStore {
     }
 
     async fn observed(&self, since_ms: i64) -> StoreResult<Vec<Observed>> {
-        let rows = sqlx::query(
-            "SELECT municipality, info_type, COUNT(*), MAX(last_ms) FROM ingest_records \
-             WHERE last_ms >= ? AND info_type IS NOT NULL AND municipality IS NOT NULL \
-             GROUP BY municipality, info_type ORDER BY municipality, info_type",
-        )
-        .bind(since_ms)
-        .fetch_all(&self.readers)
-        .await
-        .map_err(err)?;
-        rows.iter()
-            .map(|r| -> Result<Observed, sqlx::Error> {
-                Ok(Observed {
-                    municipality: r.try_get(0)?,
-                    info_type: r.try_get(1)?,
-                    records: r.try_get::<i64, _>(2)?.max(0) as u64,
-                    last_ms: r.try_get(3)?,
-                })
-            })
-            .collect::<Result<_, _>>()
-            .map_err(err)
+        let rows = sqlx::query(OBSERVED_QUERY).bind(since_ms).fetch_all(&self.readers).await.map_err(err)?;
+        rows.iter().map(rows::observed).collect::<Result<_, _>>().map_err(err)
     }
 
     async fn npo_organizations(&self) -> StoreResult<Vec<NpoOrganization>> {
-        let rows = sqlx::query(
-            "SELECT code, name, delregion, hsa_id, organisationsnummer, is_region, updated_ms, updated_by \
-             FROM npo_organizations ORDER BY is_region, code",
-        )
-        .fetch_all(&self.readers)
-        .await
-        .map_err(err)?;
-        rows.iter()
-            .map(|r| -> Result<NpoOrganization, sqlx::Error> {
-                Ok(NpoOrganization {
-                    code: r.try_get(0)?,
-                    name: r.try_get(1)?,
-                    delregion: r.try_get(2)?,
-                    hsa_id: r.try_get(3)?,
-                    organisationsnummer: r.try_get(4)?,
-                    is_region: r.try_get::<i64, _>(5)? != 0,
-                    updated_ms: r.try_get(6)?,
-                    updated_by: r.try_get(7)?,
-                })
-            })
-            .collect::<Result<_, _>>()
-            .map_err(err)
+        let rows = sqlx::query(NPO_ORGANIZATION_QUERY).fetch_all(&self.readers).await.map_err(err)?;
+        rows.iter().map(rows::npo_organization).collect::<Result<_, _>>().map_err(err)
     }
 
     async fn npo_statements(&self, code: Option<&str>) -> StoreResult<Vec<NpoStatement>> {
-        let filter = if code.is_some() { "WHERE code = ?" } else { "" };
-        let sql = format!(
-            "SELECT seq, code, info_type, declared_producer, declared_consumer, declared_at, source, recorded_by, recorded_ms \
-             FROM npo_statements {filter} ORDER BY seq"
-        );
+        let sql = rows::npo_statements_query(code.is_none());
         let mut q = sqlx::query(&sql);
         if let Some(c) = code {
             q = q.bind(c);
         }
         let rows = q.fetch_all(&self.readers).await.map_err(err)?;
-        rows.iter()
-            .map(|r| -> Result<NpoStatement, sqlx::Error> {
-                Ok(NpoStatement {
-                    seq: r.try_get(0)?,
-                    code: r.try_get(1)?,
-                    info_type: r.try_get(2)?,
-                    producer: r.try_get::<Option<i64>, _>(3)?.map(|v| v != 0),
-                    consumer: r.try_get::<Option<i64>, _>(4)?.map(|v| v != 0),
-                    declared_at: r.try_get(5)?,
-                    source: r.try_get(6)?,
-                    recorded_by: r.try_get(7)?,
-                    recorded_ms: r.try_get(8)?,
-                })
-            })
-            .collect::<Result<_, _>>()
-            .map_err(err)
+        rows.iter().map(rows::npo_statement).collect::<Result<_, _>>().map_err(err)
     }
 
     async fn transfers_for_binary(&self, binary_id: &str) -> StoreResult<Vec<TransferRow>> {
@@ -618,40 +450,28 @@ impl Store for SqliteStore {
         rows.iter().map(transfer_row).collect::<Result<_, _>>().map_err(err)
     }
 
+    async fn claim_assertion(&self, key: &str, expires_ms: i64, now_ms: i64) -> StoreResult<bool> {
+        let mut tx = self.begin_tx().await?;
+        tx.push("DELETE FROM token_assertions WHERE expires_ms < ?", [Arg::Int(now_ms)]);
+        tx.send().await?;
+        let claimed = sqlx::query(
+            "INSERT INTO token_assertions (client_jti, expires_ms) VALUES (?, ?) ON CONFLICT (client_jti) DO NOTHING",
+        )
+        .bind(key)
+        .bind(expires_ms)
+        .execute(&mut tx.guard.conn)
+        .await
+        .map_err(err)?
+        .rows_affected()
+            == 1;
+        StoreTx::commit(Box::new(tx)).await?;
+        Ok(claimed)
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.readers).await.map_err(err)?;
         Ok(())
     }
-}
-
-const TRANSFER_COLUMNS: &str = "task_id, document_id, binary_id, sender_key, recipient_key, patient, doc_type, content_hash, status, created_ms, updated_ms, duplicate_of";
-
-fn transfer_row(r: &SqliteRow) -> Result<TransferRow, sqlx::Error> {
-    Ok(TransferRow {
-        task_id: r.try_get(0)?,
-        document_id: r.try_get(1)?,
-        binary_id: r.try_get(2)?,
-        sender_key: r.try_get(3)?,
-        recipient_key: r.try_get(4)?,
-        patient: r.try_get(5)?,
-        doc_type: r.try_get(6)?,
-        content_hash: r.try_get(7)?,
-        status: r.try_get(8)?,
-        created_ms: r.try_get(9)?,
-        updated_ms: r.try_get(10)?,
-        duplicate_of: r.try_get(11)?,
-    })
-}
-
-fn audit_row(r: &SqliteRow) -> Result<AuditRow, sqlx::Error> {
-    Ok(AuditRow {
-        seq: r.try_get(0)?,
-        event_id: r.try_get(1)?,
-        recorded_ms: r.try_get(2)?,
-        body: r.try_get(3)?,
-        prev_hash: r.try_get(4)?,
-        hash: r.try_get(5)?,
-    })
 }
 
 impl SqliteStore {
@@ -990,29 +810,8 @@ impl StoreTx for SqliteTx {
 
     async fn live_subscriptions(&mut self) -> StoreResult<Vec<SubscriptionRow>> {
         self.send().await?;
-        let rows = sqlx::query(
-            "SELECT sub_id, owner_key, criteria, endpoint, payload, headers, status, failing_since FROM subscriptions \
-             WHERE status IN ('active', 'error') ORDER BY sub_id",
-        )
-        .fetch_all(&mut self.guard.conn)
-        .await
-        .map_err(err)?;
-        rows.iter()
-            .map(|r| -> Result<SubscriptionRow, sqlx::Error> {
-                let headers: String = r.try_get(5)?;
-                Ok(SubscriptionRow {
-                    sub_id: r.try_get(0)?,
-                    owner_key: r.try_get(1)?,
-                    criteria: r.try_get(2)?,
-                    endpoint: r.try_get(3)?,
-                    payload: r.try_get(4)?,
-                    headers: serde_json::from_str(&headers).unwrap_or_default(),
-                    status: r.try_get(6)?,
-                    failing_since: r.try_get(7)?,
-                })
-            })
-            .collect::<Result<_, _>>()
-            .map_err(err)
+        let rows = sqlx::query(SUBSCRIPTION_QUERY).fetch_all(&mut self.guard.conn).await.map_err(err)?;
+        rows.iter().map(rows::subscription).collect::<Result<_, _>>().map_err(err)
     }
 
     async fn add_notification(&mut self, n: &Notification, due_ms: i64) -> StoreResult<()> {
@@ -1051,19 +850,7 @@ impl StoreTx for SqliteTx {
         .fetch_all(&mut self.guard.conn)
         .await
         .map_err(err)?;
-        rows.iter()
-            .map(|r| -> Result<Notification, sqlx::Error> {
-                Ok(Notification {
-                    event_id: r.try_get(0)?,
-                    sub_id: r.try_get(1)?,
-                    resource: r.try_get(2)?,
-                    version: r.try_get(3)?,
-                    created_ms: r.try_get(4)?,
-                    attempts: r.try_get(5)?,
-                })
-            })
-            .collect::<Result<_, _>>()
-            .map_err(err)
+        rows.iter().map(rows::notification).collect::<Result<_, _>>().map_err(err)
     }
 
     async fn delivered(&mut self, event_id: &str, at_ms: i64) -> StoreResult<()> {
@@ -1179,6 +966,10 @@ impl StoreTx for SqliteTx {
             ],
         );
         Ok(())
+    }
+
+    async fn lock(&mut self, _key: &str) -> StoreResult<()> {
+        Ok(()) // the writer connection is held for the whole transaction
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {

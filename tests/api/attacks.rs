@@ -190,8 +190,8 @@ async fn with_mutual_tls_required_the_certificate_must_match_the_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_hold_no_identity_numbers_names_or_tokens_and_a_read_is_audited_across_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}/nara.db", dir.path().display());
+    let test_db = nara_gateway::test_support::TestDb::new().await.unwrap();
+    let db = test_db.url.clone();
     let start = || {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nara-gateway"))
             .arg("serve")
@@ -208,6 +208,13 @@ async fn logs_hold_no_identity_numbers_names_or_tokens_and_a_read_is_audited_acr
         (child, stdout)
     };
     let (mut child, stdout) = start();
+    // Read the logs while the gateway runs: a full pipe would stall it.
+    let mut stderr = child.stderr.take().unwrap();
+    let logs = tokio::spawn(async move {
+        let mut logs = String::new();
+        stderr.read_to_string(&mut logs).await.unwrap();
+        logs
+    });
     let mut lines = BufReader::new(stdout).lines();
     let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
     let base = format!("http://{}", line.strip_prefix("listening on http://").unwrap());
@@ -239,14 +246,15 @@ async fn logs_hold_no_identity_numbers_names_or_tokens_and_a_read_is_audited_acr
     // The read was answered: its audit entry is on disk. kill -9 now.
     child.start_kill().unwrap();
     child.wait().await.unwrap();
-    let mut logs = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut logs).await.unwrap();
+    let logs = logs.await.unwrap();
     assert!(logs.len() > 200, "trace logging produced output: {logs}");
     for secret in ["191212121212", "Tolvansson", token.as_str(), &token[token.len() - 40..]] {
         assert!(!logs.contains(secret), "the logs contain `{}`", &secret[..secret.len().min(24)]);
     }
     // Restarted on the same file: the read is in the audit trail, and the chain verifies.
-    let (_child, stdout) = start();
+    let (mut child, stdout) = start();
+    let mut stderr = child.stderr.take().unwrap();
+    tokio::spawn(async move { tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await });
     let mut lines = BufReader::new(stdout).lines();
     let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
     let base = format!("http://{}", line.strip_prefix("listening on http://").unwrap());

@@ -29,10 +29,11 @@ pub fn client_with(token: &str) -> reqwest::Client {
     reqwest::Client::builder().default_headers(headers).build().unwrap()
 }
 
-/// Starts the gateway binary on `db` and returns it with its address.
-async fn start(db: &str) -> (Child, String) {
+/// Starts the gateway binary on `db` (with extra `NARA_*` settings) and returns it with its address.
+pub async fn start(db: &str, env: &[(&str, &str)]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_nara-gateway"))
         .arg("serve")
+        .envs(env.iter().copied())
         .env("NARA_SERVER__LISTEN", "127.0.0.1:0")
         .env("NARA_DATABASE__URL", db)
         .env("NARA_SERVER__TLS__ENABLED", "false")
@@ -55,9 +56,9 @@ async fn start(db: &str) -> (Child, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_sigkill_and_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}/crash.db", dir.path().display());
-    let (mut child, addr) = start(&db).await;
+    let test_db = nara_gateway::test_support::TestDb::new().await.unwrap();
+    let db = test_db.url.clone();
+    let (mut child, addr) = start(&db, &[]).await;
     let client = client_with(&cli_token("region-skane"));
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -96,7 +97,7 @@ async fn acknowledged_writes_survive_sigkill_and_restart() {
     let acknowledged = acknowledged.lock().await.clone();
     assert!(acknowledged.len() > 20, "the load produced writes ({})", acknowledged.len());
 
-    let (_child, addr2) = start(&db).await;
+    let (_child, addr2) = start(&db, &[]).await;
     let mut missing = Vec::new();
     for loc in &acknowledged {
         let path = loc.split("/fhir/").nth(1).unwrap();
@@ -110,9 +111,9 @@ async fn acknowledged_writes_survive_sigkill_and_restart() {
 
 #[tokio::test]
 async fn sigterm_stops_the_gateway_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}/term.db", dir.path().display());
-    let (mut child, addr) = start(&db).await;
+    let test_db = nara_gateway::test_support::TestDb::new().await.unwrap();
+    let db = test_db.url.clone();
+    let (mut child, addr) = start(&db, &[]).await;
     let client = client_with(&cli_token("region-skane"));
     let created = client
         .post(format!("{addr}/fhir/Patient"))
@@ -127,7 +128,7 @@ async fn sigterm_stops_the_gateway_cleanly() {
     assert!(killed.success());
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("stopped in time").unwrap();
     assert!(status.success(), "exit status after SIGTERM: {status:?}");
-    let (_again, addr2) = start(&db).await;
+    let (_again, addr2) = start(&db, &[]).await;
     let path = created.headers()["location"].to_str().unwrap().split("/fhir/").nth(1).unwrap().to_string();
     assert_eq!(client.get(format!("{addr2}/fhir/{path}")).send().await.unwrap().status(), 200);
 }

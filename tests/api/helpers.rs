@@ -1,4 +1,5 @@
-//! `spawn_app()`: the real router on port 0 with its own SQLite file, and a
+//! `spawn_app()`: the real router on port 0 with its own database (a SQLite
+//! file, or a PostgreSQL database when `NARA_TEST_POSTGRES_URL` is set), and a
 //! small HTTP client that records every FHIR body the gateway emits (for
 //! `fhir-validate` in CI, when `NARA_TEST_EMIT_DIR` is set).
 
@@ -7,7 +8,7 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use nara_gateway::{app::AppState, config::Config};
+use nara_gateway::{app::AppState, config::Config, test_support::TestDb};
 use reqwest::{Method, StatusCode, header::HeaderMap};
 use serde_json::Value;
 
@@ -20,8 +21,9 @@ pub struct TestApp {
     pub token: String,
     /// The running gateway's state, for minting other clients' tokens.
     pub state: AppState,
-    /// Keeps the database folder alive as long as the app.
-    _dir: tempfile::TempDir,
+    /// The app's database (SQLite, or PostgreSQL with `NARA_TEST_POSTGRES_URL`),
+    /// removed after the server stopped.
+    _db: TestDb,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -35,10 +37,9 @@ impl Drop for TestApp {
 
 /// Starts a gateway on a fresh database with extra `NARA_*` settings.
 pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = format!("sqlite://{}/nara.db", dir.path().display());
+    let db = TestDb::new().await.expect("a test database");
     let mut env = vec![
-        ("NARA_DATABASE__URL".to_string(), db),
+        ("NARA_DATABASE__URL".to_string(), db.url.clone()),
         ("NARA_SERVER__LISTEN".to_string(), "127.0.0.1:0".to_string()),
         ("NARA_DATABASE__SQLITE_SYNCHRONOUS".to_string(), "normal".to_string()),
         ("NARA_SERVER__TLS__ENABLED".to_string(), "false".to_string()),
@@ -58,7 +59,7 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
         client: reqwest::Client::new(),
         token: String::new(),
         state,
-        _dir: dir,
+        _db: db,
         stop: Some(tx),
     };
     app.token = app.token_for("region-skane", None);

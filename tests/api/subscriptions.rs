@@ -237,8 +237,8 @@ async fn subscriptions_are_checked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_survives_kill_9_while_the_receiver_is_down() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}/nara.db", dir.path().display());
+    let test_db = nara_gateway::test_support::TestDb::new().await.unwrap();
+    let db = test_db.url.clone();
     // The receiver's address, with nobody listening yet.
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

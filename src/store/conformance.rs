@@ -1,0 +1,274 @@
+//! Store conformance tests: the same behaviour from every backend. They run
+//! on SQLite, and on PostgreSQL when `NARA_TEST_POSTGRES_URL` is set (each
+//! test in a database of its own, see [`crate::test_support::TestDb`]).
+
+use std::sync::Arc;
+
+use super::{AuditRecord, Filter, HistoryQuery, Notification, SearchPlan, Store, StoreError, open, plan::Atom};
+use crate::{
+    audit::{Verdict, verify},
+    config::DatabaseConfig,
+    fhir::search::{extract::IndexValue, values::TokenQuery},
+    store::NewVersion,
+    test_support::TestDb,
+};
+
+async fn store() -> (TestDb, Arc<dyn Store>) {
+    let db = TestDb::new().await.expect("test database");
+    let config = DatabaseConfig { url: db.url.clone(), ..DatabaseConfig::default() };
+    let store = open(&config).await.expect("open the store");
+    (db, store)
+}
+
+fn patient(id: &str, identifier: &str) -> String {
+    format!(
+        r#"{{"resourceType":"Patient","id":"{id}","identifier":[{{"system":"urn:test","value":"{identifier}"}}],"extension":[{{"url":"urn:x","valueDecimal":12500.00}}]}}"#
+    )
+}
+
+async fn put(store: &dyn Store, id: &str, version: i64, body: &str) -> Result<(), StoreError> {
+    let mut tx = store.begin().await?;
+    tx.put(NewVersion {
+        ty: "Patient",
+        id,
+        version,
+        last_updated_ms: 1_700_000_000_000 + version,
+        method: if version == 1 { "POST" } else { "PUT" },
+        body,
+        index: vec![(
+            "identifier",
+            IndexValue::Token { system: Some("urn:test".into()), code: Some(body.len().to_string()), text: None },
+        )],
+        access: "",
+        patients: "",
+    })
+    .await?;
+    tx.commit().await
+}
+
+fn by_identifier(value: &str) -> SearchPlan {
+    let mut plan = SearchPlan::new("Patient");
+    plan.count = 10;
+    plan.filters.push(Filter::Any(vec![Atom::Token {
+        param: "identifier",
+        query: TokenQuery::SystemCode("urn:test".into(), value.into()),
+    }]));
+    plan
+}
+
+#[tokio::test]
+async fn the_stored_text_is_read_back_byte_for_byte_in_every_version() {
+    let (_db, store) = store().await;
+    let v1 = patient("p1", "a");
+    let v2 = patient("p1", "ab");
+    put(&*store, "p1", 1, &v1).await.unwrap();
+    put(&*store, "p1", 2, &v2).await.unwrap();
+    let current = store.read("Patient", "p1").await.unwrap().unwrap();
+    assert_eq!((current.version, &*current.body), (2, v2.as_str()));
+    assert_eq!(&*store.vread("Patient", "p1", 1).await.unwrap().unwrap().body, v1.as_str());
+    let history =
+        store.history(&HistoryQuery { id: Some("p1".into()), count: 10, ..HistoryQuery::default() }).await.unwrap();
+    assert_eq!(history.rows.iter().map(|r| r.version).collect::<Vec<_>>(), vec![2, 1]);
+    // The index follows the current version only.
+    let found = store.search(&by_identifier(&v2.len().to_string())).await.unwrap();
+    assert_eq!(found.rows.len(), 1);
+    assert!(store.search(&by_identifier(&v1.len().to_string())).await.unwrap().rows.is_empty());
+}
+
+#[tokio::test]
+async fn a_duplicate_version_is_a_conflict_and_a_dropped_transaction_leaves_nothing() {
+    let (_db, store) = store().await;
+    put(&*store, "p1", 1, &patient("p1", "a")).await.unwrap();
+    let dup = put(&*store, "p1", 1, &patient("p1", "b")).await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+    {
+        let mut tx = store.begin().await.unwrap();
+        let body = patient("p2", "c");
+        tx.put(NewVersion {
+            ty: "Patient",
+            id: "p2",
+            version: 1,
+            last_updated_ms: 1,
+            method: "POST",
+            body: &body,
+            index: vec![],
+            access: "",
+            patients: "",
+        })
+        .await
+        .unwrap();
+        // dropped without commit
+    }
+    put(&*store, "p3", 1, &patient("p3", "d")).await.unwrap();
+    assert!(store.read("Patient", "p2").await.unwrap().is_none());
+    assert!(store.read("Patient", "p3").await.unwrap().is_some());
+    assert_eq!(store.read("Patient", "p1").await.unwrap().unwrap().version, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_of_one_resource_take_turns_and_none_is_lost() {
+    let (_db, store) = store().await;
+    put(&*store, "p1", 1, &patient("p1", "0")).await.unwrap();
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut tx = store.begin().await.unwrap();
+                    let current = tx.current("Patient", "p1").await.unwrap().unwrap();
+                    let body = patient("p1", &i.to_string());
+                    let written = tx
+                        .put(NewVersion {
+                            ty: "Patient",
+                            id: "p1",
+                            version: current.version + 1,
+                            last_updated_ms: 1,
+                            method: "PUT",
+                            body: &body,
+                            index: vec![],
+                            access: "",
+                            patients: "",
+                        })
+                        .await;
+                    match written {
+                        Ok(()) => match tx.commit().await {
+                            Ok(()) => return,
+                            Err(StoreError::Conflict(_)) => continue,
+                            Err(e) => panic!("{e}"),
+                        },
+                        Err(StoreError::Conflict(_)) => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(store.read("Patient", "p1").await.unwrap().unwrap().version, 17, "one version per update");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_find_or_create_by_identifier_creates_once() {
+    let (_db, store) = store().await;
+    let body = patient("x", "same");
+    let code = body.len().to_string();
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let (store, code, body) = (store.clone(), code.clone(), body.clone());
+            tokio::spawn(async move {
+                let mut tx = store.begin().await.unwrap();
+                if tx.find_ids(&by_identifier(&code)).await.unwrap().is_empty() {
+                    let id = format!("p{i}");
+                    tx.put(NewVersion {
+                        ty: "Patient",
+                        id: &id,
+                        version: 1,
+                        last_updated_ms: 1,
+                        method: "POST",
+                        body: &body,
+                        index: vec![(
+                            "identifier",
+                            IndexValue::Token { system: Some("urn:test".into()), code: Some(code), text: None },
+                        )],
+                        access: "",
+                        patients: "",
+                    })
+                    .await
+                    .unwrap();
+                }
+                tx.commit().await.unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(store.search(&by_identifier(&code)).await.unwrap().rows.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_audit_appends_form_one_chain_that_verifies() {
+    let (_db, store) = store().await;
+    let record = |i: usize| AuditRecord {
+        event_id: format!("e{i}"),
+        recorded_ms: 1_700_000_000_000,
+        body: format!("{{\"resourceType\":\"AuditEvent\",\"id\":\"e{i}\"}}"),
+        patients: vec![format!("Patient/p{}", i % 3)],
+    };
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                if i % 2 == 0 {
+                    store.append_audit(vec![record(i)]).await.unwrap();
+                } else {
+                    // Inside a write transaction, as writes audit themselves.
+                    let mut tx = store.begin().await.unwrap();
+                    tx.audit(record(i)).await.unwrap();
+                    tx.commit().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(verify(&*store).await.unwrap(), Verdict::Intact { entries: 40 });
+    let q = super::AuditQuery { patients: Some(vec!["Patient/p1".into()]), count: 100, ..Default::default() };
+    assert_eq!(store.audit_entries(&q).await.unwrap().len(), 13);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_notification_is_claimed_by_one_worker_at_a_time() {
+    let (_db, store) = store().await;
+    let mut tx = store.begin().await.unwrap();
+    for i in 0..30 {
+        let n = Notification {
+            event_id: format!("n{i}"),
+            sub_id: "s".into(),
+            resource: "Task/t".into(),
+            version: 1,
+            created_ms: i,
+            attempts: 0,
+        };
+        tx.add_notification(&n, 0).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut claimed = Vec::new();
+                loop {
+                    let mut tx = store.begin().await.unwrap();
+                    let batch = tx.claim_notifications(1_000, 60_000, 4).await.unwrap();
+                    tx.commit().await.unwrap();
+                    if batch.is_empty() {
+                        return claimed;
+                    }
+                    claimed.extend(batch.into_iter().map(|n| n.event_id));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!((before, all.len()), (30, 30), "every notification claimed exactly once while leased");
+}
+
+#[tokio::test]
+async fn a_client_assertion_is_claimed_once_until_it_expires() {
+    let (_db, store) = store().await;
+    assert!(store.claim_assertion("k1", 2_000, 1_000).await.unwrap());
+    assert!(!store.claim_assertion("k1", 2_000, 1_500).await.unwrap(), "a replay before expiry");
+    assert!(store.claim_assertion("k2", 2_000, 1_500).await.unwrap());
+    // Expired entries are forgotten (and pruned).
+    assert!(store.claim_assertion("k1", 4_000, 3_000).await.unwrap());
+}

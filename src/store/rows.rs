@@ -1,0 +1,264 @@
+//! Row decoding and argument binding shared by the SQL backends: the same
+//! column lists are selected from SQLite and PostgreSQL, so one decoder
+//! serves both (every integer column is 64-bit in both schemas).
+
+use sqlx::{ColumnIndex, Database, Decode, Encode, Row, Type, query::Query};
+
+use super::{
+    AuditRow, NpoOrganization, NpoStatement, Observed, SearchPlan, Stored, SubscriptionRow, TransferRow,
+    plan::{Cursor, CursorValue},
+    sql::Arg,
+    sql::{self as sqlgen, CursorKind},
+};
+
+/// What a backend's rows must decode: 64-bit integers, doubles and text, by position.
+pub(crate) trait SqlRow: Row
+where
+    usize: ColumnIndex<Self>,
+{
+    fn int(&self, i: usize) -> Result<i64, sqlx::Error>;
+    fn real(&self, i: usize) -> Result<f64, sqlx::Error>;
+    fn text(&self, i: usize) -> Result<String, sqlx::Error>;
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, sqlx::Error>;
+    fn opt_text(&self, i: usize) -> Result<Option<String>, sqlx::Error>;
+}
+
+impl<R> SqlRow for R
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> f64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn int(&self, i: usize) -> Result<i64, sqlx::Error> {
+        self.try_get(i)
+    }
+    fn real(&self, i: usize) -> Result<f64, sqlx::Error> {
+        self.try_get(i)
+    }
+    fn text(&self, i: usize) -> Result<String, sqlx::Error> {
+        self.try_get(i)
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, sqlx::Error> {
+        self.try_get(i)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>, sqlx::Error> {
+        self.try_get(i)
+    }
+}
+
+/// Binds `args` in order.
+pub(crate) fn bind_all<'q, DB>(
+    mut q: Query<'q, DB, <DB as Database>::Arguments<'q>>,
+    args: &'q [Arg],
+) -> Query<'q, DB, <DB as Database>::Arguments<'q>>
+where
+    DB: Database,
+    i64: Encode<'q, DB> + Type<DB>,
+    f64: Encode<'q, DB> + Type<DB>,
+    &'q str: Encode<'q, DB> + Type<DB>,
+    Option<String>: Encode<'q, DB> + Type<DB>,
+{
+    for a in args {
+        q = match a {
+            Arg::Null => q.bind(Option::<String>::None),
+            Arg::Int(i) => q.bind(*i),
+            Arg::Real(f) => q.bind(*f),
+            Arg::Text(t) => q.bind(t.as_str()),
+        };
+    }
+    q
+}
+
+pub(crate) fn method_name(m: &str) -> &'static str {
+    match m {
+        "POST" => "POST",
+        "DELETE" => "DELETE",
+        _ => "PUT",
+    }
+}
+
+/// Reads a row selected with [`super::sql::ROW_COLUMNS`].
+pub(crate) fn stored<R: SqlRow>(row: &R) -> Result<Stored, sqlx::Error>
+where
+    usize: ColumnIndex<R>,
+{
+    Ok(Stored {
+        rid: row.int(0)?,
+        ty: row.text(1)?,
+        id: row.text(2)?,
+        version: row.int(3)?,
+        last_updated_ms: row.int(4)?,
+        deleted: row.int(5)? != 0,
+        method: method_name(&row.text(6)?),
+        body: row.text(7)?.into(),
+        access: row.text(8)?.into(),
+        patients: row.text(9)?.into(),
+    })
+}
+
+/// The columns of the transfers table, in [`transfer_row`]'s order.
+pub(crate) const TRANSFER_COLUMNS: &str = "task_id, document_id, binary_id, sender_key, recipient_key, patient, doc_type, content_hash, status, created_ms, updated_ms, duplicate_of";
+
+pub(crate) fn transfer_row<R: SqlRow>(r: &R) -> Result<TransferRow, sqlx::Error>
+where
+    usize: ColumnIndex<R>,
+{
+    Ok(TransferRow {
+        task_id: r.text(0)?,
+        document_id: r.text(1)?,
+        binary_id: r.opt_text(2)?,
+        sender_key: r.text(3)?,
+        recipient_key: r.text(4)?,
+        patient: r.text(5)?,
+        doc_type: r.text(6)?,
+        content_hash: r.text(7)?,
+        status: r.text(8)?,
+        created_ms: r.int(9)?,
+        updated_ms: r.int(10)?,
+        duplicate_of: r.opt_text(11)?,
+    })
+}
+
+/// The columns of the audit log, in [`audit_row`]'s order.
+pub(crate) const AUDIT_COLUMNS: &str = "seq, event_id, recorded_ms, body, prev_hash, hash";
+
+pub(crate) fn audit_row<R: SqlRow>(r: &R) -> Result<AuditRow, sqlx::Error>
+where
+    usize: ColumnIndex<R>,
+{
+    Ok(AuditRow {
+        seq: r.int(0)?,
+        event_id: r.text(1)?,
+        recorded_ms: r.int(2)?,
+        body: r.text(3)?,
+        prev_hash: r.text(4)?,
+        hash: r.text(5)?,
+    })
+}
+
+/// Per municipality and information type: count and latest time of ingested records since `?`.
+pub(crate) const OBSERVED_QUERY: &str = "SELECT municipality, info_type, COUNT(*), MAX(last_ms) FROM ingest_records \
+     WHERE last_ms >= ? AND info_type IS NOT NULL AND municipality IS NOT NULL \
+     GROUP BY municipality, info_type ORDER BY municipality, info_type";
+
+pub(crate) fn observed<R: SqlRow>(r: &R) -> Result<Observed, sqlx::Error>
+where
+    usize: ColumnIndex<R>,
+{
+    Ok(Observed {
+        municipality: r.text(0)?,
+        info_type: r.text(1)?,
+        records: r.int(2)?.max(0) as u64,
+        last_ms: r.int(3)?,
+    })
+}
+
+pub(crate) const NPO_ORGANIZATION_QUERY: &str = "SELECT code, name, delregion, hsa_id, organisationsnummer, is_region, \
+     updated_ms, updated_by FROM npo_organizations ORDER BY is_region, code";
+
+pub(crate) fn npo_organization<R: SqlRow>(r: &R) -> Result<NpoOrganization, sqlx::Error>
+where
+    usize: ColumnIndex<R>,
+{
+    Ok(NpoOrganization {
+        code: r.text(0)?,
+        name: r.text(1)?,
+        delregion: r.opt_text(2)?,
+        hsa_id: r.opt_text(3)?,
+        organisationsnummer: r.opt_text(4)?,
+        is_region: r.int(5)? != 0,
+        updated_ms: r.int(6)?,
+        updated_by: r.text(7)?,
+    })
+}
+
+/// The statements of one organisation (`?`) or, with `all`, of every one.
+pub(crate) fn npo_statements_query(all: bool) -> String {
+    let filter = if all { "" } else { "WHERE code = ?" };
+    format!(
+        "SELECT seq, code, info_type, declared_producer, declared_consumer, declared_at, source, recorded_by, \
+         recorded_ms FROM npo_statements {filter} ORDER BY seq"
+    )
+}
+
+pub(crate) fn npo_statement<R: SqlRow>(r: &R) -> Result<NpoStatement, sqlx::Error>
+where
+    usize: ColumnIndex<R>,
+{
+    Ok(NpoStatement {
+        seq: r.int(0)?,
+        code: r.text(1)?,
+        info_type: r.text(2)?,
+        producer: r.opt_int(3)?.map(|v| v != 0),
+        consumer: r.opt_int(4)?.map(|v| v != 0),
+        declared_at: r.text(5)?,
+        source: r.text(6)?,
+        recorded_by: r.text(7)?,
+        recorded_ms: r.int(8)?,
+    })
+}
+
+pub(crate) const SUBSCRIPTION_QUERY: &str = "SELECT sub_id, owner_key, criteria, endpoint, payload, headers, status, \
+     failing_since FROM subscriptions WHERE status IN ('active', 'error') ORDER BY sub_id";
+
+pub(crate) fn subscription<R: SqlRow>(r: &R) -> Result<SubscriptionRow, sqlx::Error>
+where
+    usize: ColumnIndex<R>,
+{
+    Ok(SubscriptionRow {
+        sub_id: r.text(0)?,
+        owner_key: r.text(1)?,
+        criteria: r.text(2)?,
+        endpoint: r.text(3)?,
+        payload: r.opt_text(4)?,
+        headers: serde_json::from_str(&r.text(5)?).unwrap_or_default(),
+        status: r.text(6)?,
+        failing_since: r.opt_int(7)?,
+    })
+}
+
+/// Reads a notification row: `event_id, sub_id, resource, version, created_ms, attempts`.
+pub(crate) fn notification<R: SqlRow>(r: &R) -> Result<super::Notification, sqlx::Error>
+where
+    usize: ColumnIndex<R>,
+{
+    Ok(super::Notification {
+        event_id: r.text(0)?,
+        sub_id: r.text(1)?,
+        resource: r.text(2)?,
+        version: r.int(3)?,
+        created_ms: r.int(4)?,
+        attempts: r.int(5)?,
+    })
+}
+
+/// Splits a page query's rows (one look-ahead row beyond the page) into the
+/// page and the cursor where the next page starts.
+pub(crate) fn page<R: SqlRow>(rows: &[R], plan: &SearchPlan) -> Result<(Vec<Stored>, Option<Cursor>), sqlx::Error>
+where
+    usize: ColumnIndex<R>,
+{
+    let mut out = Vec::with_capacity(rows.len().min(plan.count));
+    let mut next = None;
+    for (i, row) in rows.iter().enumerate() {
+        if i == plan.count {
+            break;
+        }
+        out.push(stored(row)?);
+        if i + 1 == plan.count && rows.len() > plan.count {
+            let mut values = Vec::with_capacity(plan.sort.len());
+            for (k, s) in plan.sort.iter().enumerate() {
+                let col = sqlgen::ROW_COLUMN_COUNT + k;
+                values.push(match sqlgen::sort_value_kind(s) {
+                    CursorKind::Int => CursorValue::Int(row.int(col)?),
+                    CursorKind::Real => CursorValue::Real(row.real(col)?),
+                    CursorKind::Text => CursorValue::Text(row.text(col)?),
+                });
+            }
+            next = Some(Cursor { values, rid: row.int(0)? });
+        }
+    }
+    Ok((out, next))
+}
