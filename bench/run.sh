@@ -4,6 +4,10 @@
 #   bench/run.sh           small (2,000 Observations / 200 patients) and
 #                          large (100,000 Observations / 1,000 patients) scenarios
 #   bench/run.sh --quick   the small scenario only
+#   bench/run.sh --postgres [--quick]
+#                          the same on PostgreSQL: a fresh database per scenario
+#                          on BENCH_POSTGRES_URL (default: what .ci/postgres.sh
+#                          finds or starts), results in latest-postgres.json
 #
 # Per scenario: a release build on a fresh temporary SQLite file (port 0),
 # seeded by bench/seed.py, then wrk (16 connections, 2 threads,
@@ -18,18 +22,27 @@
 set -Eeuo pipefail
 trap 'echo "run.sh: line $LINENO: \`$BASH_COMMAND\` failed" >&2' ERR
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
 
 quick=0
+postgres=0
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
+    --postgres) postgres=1 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument \`$arg\`" >&2; usage >&2; exit 2 ;;
   esac
 done
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+store=sqlite
+pg_admin=""
+if [[ $postgres -eq 1 ]]; then
+  store=postgres
+  pg_admin=${BENCH_POSTGRES_URL:-$("$root/.ci/postgres.sh")}
+  command -v psql >/dev/null || { echo "run.sh: --postgres needs psql" >&2; exit 1; }
+fi
 bench="$root/bench"
 duration=${BENCH_DURATION:-15}
 seed=${BENCH_SEED:-20240901}
@@ -81,6 +94,9 @@ stop_gateway() {
 }
 cleanup() {
   stop_gateway
+  for name in "${pg_databases[@]}"; do
+    psql "$pg_admin" -qc "DROP DATABASE IF EXISTS $name WITH (FORCE)" >/dev/null 2>&1 || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -88,7 +104,31 @@ trap 'exit 130' INT TERM
 
 now_us() { local t=${EPOCHREALTIME/[.,]/}; echo "$t"; }
 
-# start_gateway DB_FILE NAME: starts `serve` on a free port; sets gw_pid,
+# db_url NAME: the database URL of a scenario (a file in the work folder, or
+# a PostgreSQL database created for it and dropped at exit).
+db_url() {
+  if [[ $store == postgres ]]; then
+    local name="nara_bench_$1_$$"
+    psql "$pg_admin" -qc "DROP DATABASE IF EXISTS $name" -c "CREATE DATABASE $name" >/dev/null
+    pg_databases+=("$name")
+    echo "${pg_admin%/*}/$name"
+  else
+    echo "sqlite://$work/$1.db"
+  fi
+}
+pg_databases=()
+
+# db_size_kb NAME URL
+db_size_kb() {
+  if [[ $store == postgres ]]; then
+    psql "$pg_admin" -Atc "SELECT pg_database_size('${2##*/}') / 1024"
+  else
+    local db=${2#sqlite://}
+    (du -sk "$db" "$db-wal" 2>/dev/null || true) | awk '{ s += $1 } END { print s + 0 }'
+  fi
+}
+
+# start_gateway DB_URL NAME: starts `serve` on a free port; sets gw_pid,
 # gw_addr, listen_ms (spawn → `listening on` line) and ready_ms (spawn →
 # first 200 from /health/ready).
 start_gateway() {
@@ -96,7 +136,7 @@ start_gateway() {
   rm -f "$fifo"
   mkfifo "$fifo"
   t0=$(now_us)
-  NARA_SERVER__LISTEN=127.0.0.1:0 NARA_DATABASE__URL="sqlite://$db" NARA_SERVER__TLS__ENABLED=false \
+  NARA_SERVER__LISTEN=127.0.0.1:0 NARA_DATABASE__URL="$db" NARA_SERVER__TLS__ENABLED=false \
     "$bin" serve >"$fifo" 2>"$work/$name.log" &
   gw_pid=$!
   exec 3<"$fifo"
@@ -150,7 +190,8 @@ run_wrk() {
 
 # scenario NAME PATIENTS OBS_PER_PATIENT
 scenario() {
-  local name=$1 patients=$2 per=$3 db="$work/$1.db" ids="$work/$1-ids.txt" t0 t1
+  local name=$1 patients=$2 per=$3 db ids="$work/$1-ids.txt" t0 t1
+  db=$(db_url "$name")
   start_gateway "$db" "$name"
   [[ -n "${BENCH_TOKEN_FIXED:-}" ]] || export BENCH_TOKEN=$(fresh_token)
   local cold_listen=$listen_ms cold_ready=$ready_ms
@@ -175,7 +216,7 @@ scenario() {
   rss=$(status_kb VmRSS)
   stop_gateway
   local db_kb
-  db_kb=$( (du -sk "$db" "$db-wal" 2>/dev/null || true) | awk '{ s += $1 } END { print s + 0 }')
+  db_kb=$(db_size_kb "$name" "$db")
   # With a filled store: restart on the same file.
   start_gateway "$db" "$name-restart"
   [[ -n "${BENCH_TOKEN_FIXED:-}" ]] || export BENCH_TOKEN=$(fresh_token)
@@ -218,7 +259,7 @@ load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 export BENCH_WORK="$work" BENCH_STARTED="$started" BENCH_COMMIT="$commit" \
   BENCH_LOAD_BEFORE="$load_before" BENCH_LOAD_AFTER="$load_after" \
   BENCH_CONNECTIONS="$connections" BENCH_THREADS="$threads" BENCH_SECONDS="$duration" \
-  BENCH_OUT="$results/latest.json" BENCH_SEED="$seed" BENCH_SOURCE_DIGEST="$source_digest" \
+  BENCH_OUT="$results/latest$([[ $store == postgres ]] && echo -postgres).json" BENCH_STORE="$store" BENCH_SEED="$seed" BENCH_SOURCE_DIGEST="$source_digest" \
   BENCH_BATCH="${BENCH_BATCH:-100}"
 python3 - <<'PY'
 import json, os, platform, subprocess
@@ -256,6 +297,7 @@ doc = {
     "wrk": {"connections": int(env["BENCH_CONNECTIONS"]), "threads": int(env["BENCH_THREADS"]),
             "seconds_per_test": int(env["BENCH_SECONDS"])},
     "seed": int(env["BENCH_SEED"]),
+    "store": env["BENCH_STORE"],
     "sqlite_synchronous": env.get("NARA_DATABASE__SQLITE_SYNCHRONOUS", "full"),
     "scenarios": scenarios,
 }
@@ -267,7 +309,7 @@ print(f"\n## nara-gateway benchmark, {doc['date']}\n")
 print(f"commit {doc['commit'][:12]} (sources {doc['source_digest']}), {cpu}, nproc {doc['nproc']}, "
       f"load average {doc['load_avg_before']} (before) / {doc['load_avg_after']} (after), "
       f"wrk -t{doc['wrk']['threads']} -c{doc['wrk']['connections']} -d{doc['wrk']['seconds_per_test']}s, "
-      f"sqlite synchronous={doc['sqlite_synchronous']}")
+      + (f"sqlite synchronous={doc['sqlite_synchronous']}" if doc["store"] == "sqlite" else "PostgreSQL store"))
 labels = {"read": "read by id", "search": "search subject+category", "create": "create",
           "ingest": "ingest, single record", "ingest_batch": "ingest, batches of %s" % env.get("BENCH_BATCH", "100")}
 batch = int(env.get("BENCH_BATCH", "100"))
