@@ -272,3 +272,34 @@ async fn a_client_assertion_is_claimed_once_until_it_expires() {
     // Expired entries are forgotten (and pruned).
     assert!(store.claim_assertion("k1", 4_000, 3_000).await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_append_whose_caller_gave_up_holds_up_no_other() {
+    let (_db, store) = store().await;
+    let record = |id: &str| AuditRecord {
+        event_id: id.into(),
+        recorded_ms: 1_700_000_000_000,
+        body: format!("{{\"resourceType\":\"AuditEvent\",\"id\":\"{id}\"}}"),
+        patients: vec![],
+    };
+    // A write in progress keeps the appends waiting (on SQLite, for the writer).
+    let busy = store.begin().await.unwrap();
+    let first = {
+        let store = store.clone();
+        tokio::spawn(async move { store.append_audit(vec![record("given-up")]).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let second = {
+        let store = store.clone();
+        tokio::spawn(async move { store.append_audit(vec![record("waiting")]).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // The first caller's client disconnects: its request future is dropped.
+    first.abort();
+    drop(busy);
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(10), second).await;
+    assert!(matches!(waited, Ok(Ok(Ok(())))), "the second append finished: {waited:?}");
+    assert!(matches!(verify(&*store).await.unwrap(), Verdict::Intact { .. }));
+    let q = super::AuditQuery { event_id: Some("waiting".into()), count: 1, ..Default::default() };
+    assert_eq!(store.audit_entries(&q).await.unwrap().len(), 1);
+}

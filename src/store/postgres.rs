@@ -28,7 +28,7 @@ use sqlx::{
     Executor, PgConnection, Postgres, Row, Transaction,
     postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions},
 };
-use tokio::sync::{Mutex, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     ACCESS_PARAM, AuditQuery, AuditRecord, AuditRow, Current, HistoryPage, HistoryQuery, IngestRecord, NewVersion,
@@ -60,10 +60,46 @@ type CommitResult = Result<(), String>;
 
 pub struct PgStore {
     pool: PgPool,
-    /// Audit entries waiting for the next batch, with their callers' reply channels.
-    audit_queue: std::sync::Mutex<Vec<(AuditRecord, oneshot::Sender<CommitResult>)>>,
-    /// One audit batch of this process at a time (others queue meanwhile).
-    audit_writer: Mutex<()>,
+    /// Audit appends for the audit writer task (see [`audit_writer`]).
+    audit: mpsc::UnboundedSender<AuditRequest>,
+}
+
+/// Audit entries to append and where to say when they are durable.
+type AuditRequest = (Vec<AuditRecord>, oneshot::Sender<CommitResult>);
+
+/// Appends audit entries in batches, one transaction per batch: everything
+/// requested while the previous batch was being committed goes into the
+/// next. A task of its own, so a caller that gives up cannot take other
+/// callers' entries with it.
+async fn audit_writer(pool: PgPool, mut requests: mpsc::UnboundedReceiver<AuditRequest>) {
+    const MAX_BATCH: usize = 4096;
+    while let Some(first) = requests.recv().await {
+        let mut batch = vec![first];
+        let mut entries = batch[0].0.len();
+        while entries < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(r) => {
+                    entries += r.0.len();
+                    batch.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let records: Vec<AuditRecord> = batch.iter_mut().flat_map(|(r, _)| std::mem::take(r)).collect();
+        let result = async {
+            let mut tx = pool.begin().await?;
+            append_chain(&mut tx, &records).await?;
+            tx.commit().await
+        }
+        .await
+        .map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, entries, "audit append failed");
+        }
+        for (_, done) in batch {
+            let _ = done.send(result.clone());
+        }
+    }
 }
 
 impl PgStore {
@@ -78,7 +114,9 @@ impl PgStore {
             .await
             .map_err(|e| anyhow::anyhow!("database.url: cannot connect to PostgreSQL: {e}"))?;
         migrate(&pool).await?;
-        Ok(PgStore { pool, audit_queue: Default::default(), audit_writer: Mutex::new(()) })
+        let (audit, requests) = mpsc::unbounded_channel();
+        tokio::spawn(audit_writer(pool.clone(), requests));
+        Ok(PgStore { pool, audit })
     }
 
     /// The connection pool, for the change listener.
@@ -95,13 +133,6 @@ impl PgStore {
         let text = sql.render(Dialect::Postgres);
         let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(&self.pool).await.map_err(err)?;
         rows.iter().map(stored).collect::<Result<_, _>>().map_err(err)
-    }
-
-    /// Writes one batch of queued audit entries in a transaction of its own.
-    async fn write_audit_batch(&self, records: &[AuditRecord]) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        append_chain(&mut tx, records).await?;
-        tx.commit().await
     }
 }
 
@@ -330,40 +361,13 @@ impl Store for PgStore {
     }
 
     async fn append_audit(&self, records: Vec<AuditRecord>) -> StoreResult<()> {
-        let mut replies = Vec::with_capacity(records.len());
-        {
-            let mut queue = self.audit_queue.lock().unwrap_or_else(|p| p.into_inner());
-            for r in records {
-                let (tx, rx) = oneshot::channel();
-                queue.push((r, tx));
-                replies.push(rx);
-            }
+        let (done, result) = oneshot::channel();
+        self.audit.send((records, done)).map_err(|_| StoreError::Unavailable("the audit writer has stopped".into()))?;
+        match result.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!("audit append failed: {e}"))),
+            Err(_) => Err(StoreError::Unavailable("the audit writer stopped before committing".into())),
         }
-        // Whoever holds the writer lock writes everything queued by then; a
-        // caller whose entries were taken by an earlier batch finds the queue
-        // empty and only waits for its replies.
-        {
-            let _writer = self.audit_writer.lock().await;
-            let batch = std::mem::take(&mut *self.audit_queue.lock().unwrap_or_else(|p| p.into_inner()));
-            if !batch.is_empty() {
-                let (records, senders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                let result = self.write_audit_batch(&records).await.map_err(|e| e.to_string());
-                if let Err(e) = &result {
-                    tracing::error!(error = %e, entries = records.len(), "audit append failed");
-                }
-                for s in senders {
-                    let _ = s.send(result.clone());
-                }
-            }
-        }
-        for rx in replies {
-            match rx.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(StoreError::Unavailable(format!("audit append failed: {e}"))),
-                Err(_) => return Err(StoreError::Unavailable("the audit writer stopped before committing".into())),
-            }
-        }
-        Ok(())
     }
 
     async fn audit_entries(&self, q: &AuditQuery) -> StoreResult<Vec<AuditRow>> {

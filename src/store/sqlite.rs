@@ -21,7 +21,7 @@ use sqlx::{
     Connection, Executor, Row, SqliteConnection,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
 };
-use tokio::sync::{Mutex, Notify, OwnedMutexGuard, oneshot};
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard, mpsc, oneshot};
 
 use super::ACCESS_PARAM;
 use super::{
@@ -52,9 +52,12 @@ pub struct SqliteStore {
     writer: Arc<Mutex<Writer>>,
     /// Wakes the flusher after a transaction released its savepoint.
     flush: Arc<Notify>,
-    /// Audit entries waiting for the next batch, with their callers' reply channels.
-    audit_queue: std::sync::Mutex<Vec<(AuditRecord, oneshot::Sender<CommitResult>)>>,
+    /// Audit appends for the audit writer task (see [`audit_writer`]).
+    audit: mpsc::UnboundedSender<AuditRequest>,
 }
+
+/// Audit entries to append and where to say when they are durable.
+type AuditRequest = (Vec<AuditRecord>, oneshot::Sender<CommitResult>);
 
 type CommitResult = Result<(), String>;
 
@@ -190,7 +193,9 @@ impl SqliteStore {
         let writer = Arc::new(Mutex::new(writer));
         let flush = Arc::new(Notify::new());
         tokio::spawn(flusher(Arc::downgrade(&writer), flush.clone()));
-        Ok(SqliteStore { readers, writer, flush, audit_queue: Default::default() })
+        let (audit, requests) = mpsc::unbounded_channel();
+        tokio::spawn(audit_writer(writer.clone(), flush.clone(), requests));
+        Ok(SqliteStore { readers, writer, flush, audit })
     }
 }
 
@@ -337,49 +342,13 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, records: Vec<AuditRecord>) -> StoreResult<()> {
-        let mut replies = Vec::with_capacity(records.len());
-        let leader = {
-            let mut queue = self.audit_queue.lock().unwrap_or_else(|p| p.into_inner());
-            let leader = queue.is_empty();
-            for r in records {
-                let (tx, rx) = oneshot::channel();
-                queue.push((r, tx));
-                replies.push(rx);
-            }
-            leader
-        };
-        // The first caller into an empty queue writes everything queued by the
-        // time it holds the writer; the others wait for its commit.
-        if leader {
-            let mut tx = self.begin_tx().await?;
-            let batch = std::mem::take(&mut *self.audit_queue.lock().unwrap_or_else(|p| p.into_inner()));
-            let mut senders = Vec::with_capacity(batch.len());
-            for (record, sender) in batch {
-                tx.push_audit(&record);
-                senders.push(sender);
-            }
-            match tx.release().await {
-                Ok(mut tx) => {
-                    tx.guard.waiters.extend(senders);
-                    let flush = tx.flush.clone();
-                    drop(tx);
-                    flush.notify_one();
-                }
-                Err(e) => {
-                    for s in senders {
-                        let _ = s.send(Err(e.to_string()));
-                    }
-                }
-            }
+        let (done, result) = oneshot::channel();
+        self.audit.send((records, done)).map_err(|_| StoreError::Unavailable("the audit writer has stopped".into()))?;
+        match result.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!("audit append failed: {e}"))),
+            Err(_) => Err(StoreError::Unavailable("the database writer stopped before committing".into())),
         }
-        for rx in replies {
-            match rx.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(StoreError::Unavailable(format!("audit append failed: {e}"))),
-                Err(_) => return Err(StoreError::Unavailable("the database writer stopped before committing".into())),
-            }
-        }
-        Ok(())
     }
 
     async fn audit_entries(&self, q: &AuditQuery) -> StoreResult<Vec<AuditRow>> {
@@ -474,11 +443,65 @@ impl Store for SqliteStore {
     }
 }
 
+/// Appends audit entries in batches: everything requested while the previous
+/// batch was being written goes into the next one, as one savepoint of the
+/// group commit; the callers hear from the flusher when it is durable.
+/// A task of its own, so a caller that gives up (a client that disconnects)
+/// cannot leave other callers' entries behind.
+async fn audit_writer(
+    writer: Arc<Mutex<Writer>>,
+    flush: Arc<Notify>,
+    mut requests: mpsc::UnboundedReceiver<AuditRequest>,
+) {
+    /// Most audit entries in one batch.
+    const MAX_BATCH: usize = 4096;
+    while let Some(first) = requests.recv().await {
+        let mut batch = vec![first];
+        let mut entries = batch[0].0.len();
+        while entries < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(r) => {
+                    entries += r.0.len();
+                    batch.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let written = async {
+            let mut tx = begin_on(&writer, &flush).await?;
+            for (records, _) in &batch {
+                for r in records {
+                    tx.push_audit(r);
+                }
+            }
+            tx.release().await
+        };
+        match written.await {
+            Ok(mut tx) => {
+                tx.guard.waiters.extend(batch.into_iter().map(|(_, done)| done));
+                drop(tx);
+                flush.notify_one();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, entries, "audit append failed");
+                for (_, done) in batch {
+                    let _ = done.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+/// Starts a logical transaction on the writer connection (waiting for it).
+async fn begin_on(writer: &Arc<Mutex<Writer>>, flush: &Arc<Notify>) -> StoreResult<SqliteTx> {
+    let mut guard = writer.clone().lock_owned().await;
+    guard.discard_abandoned().await.map_err(err)?;
+    Ok(SqliteTx { guard, flush: flush.clone(), started: false, pending: Sql::default(), audit_saved: None })
+}
+
 impl SqliteStore {
     async fn begin_tx(&self) -> StoreResult<SqliteTx> {
-        let mut guard = self.writer.clone().lock_owned().await;
-        guard.discard_abandoned().await.map_err(err)?;
-        Ok(SqliteTx { guard, flush: self.flush.clone(), started: false, pending: Sql::default(), audit_saved: None })
+        begin_on(&self.writer, &self.flush).await
     }
 
     async fn fetch_rows(&self, sql: &Sql) -> StoreResult<Vec<Stored>> {
