@@ -98,7 +98,7 @@ pub struct Entry<'a> {
 impl Entry<'_> {
     /// The AuditEvent and the patients it concerns, ready to store.
     pub fn record(&self) -> AuditRecord {
-        let event_id = uuid::Uuid::new_v4().to_string();
+        let event_id = uuid::Uuid::now_v7().to_string();
         let recorded_ms = crate::fhir::interactions::now_ms();
         let mut patients: Vec<String> = Vec::new();
         for s in self.seen {

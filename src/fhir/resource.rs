@@ -163,7 +163,7 @@ fn for_each_reference(value: &Value, f: &mut impl FnMut(&str)) {
 
 /// A new server-assigned logical id.
 pub fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    uuid::Uuid::now_v7().to_string()
 }
 
 #[cfg(test)]

@@ -150,7 +150,7 @@ pub async fn on_task_written(tx: &mut dyn StoreTx, task_id: &str, version: i64, 
             continue;
         }
         let n = Notification {
-            event_id: uuid::Uuid::new_v4().to_string(),
+            event_id: uuid::Uuid::now_v7().to_string(),
             sub_id: s.sub_id.clone(),
             resource: format!("Task/{task_id}"),
             version,
