@@ -480,6 +480,12 @@ struct PgTx {
 }
 
 impl PgTx {
+    /// The first column (an id) of every row `text` selects.
+    async fn ids(&mut self, text: &str, args: &[Arg]) -> StoreResult<Vec<String>> {
+        let rows = bind_all(sqlx::query(text), args).fetch_all(&mut *self.tx).await.map_err(err)?;
+        rows.iter().map(|r| r.try_get::<String, _>(0)).collect::<Result<_, _>>().map_err(err)
+    }
+
     async fn exec(&mut self, text: &str, args: &[Arg]) -> StoreResult<()> {
         bind_all(sqlx::query(text), args).execute(&mut *self.tx).await.map_err(err)?;
         Ok(())
@@ -598,12 +604,16 @@ impl StoreTx for PgTx {
     async fn find_ids(&mut self, plan: &SearchPlan) -> StoreResult<Vec<String>> {
         let sql = sql::search_ids(plan);
         let text = sql.render(Dialect::Postgres);
-        // Replicas asking the same question take turns: the second one's
-        // query runs after the first committed, and sees what it created.
+        let found = self.ids(&text, &sql.args).await?;
+        if !found.is_empty() {
+            return Ok(found); // nothing will be created on this answer
+        }
+        // Nothing yet: the caller may create it. Replicas asking the same
+        // question take turns from here; the second one's query runs after
+        // the first committed, and sees what it created.
         let key = lock_key(&[&text, &format!("{:?}", sql.args)]);
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(key).execute(&mut *self.tx).await.map_err(err)?;
-        let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(&mut *self.tx).await.map_err(err)?;
-        rows.iter().map(|r| r.try_get::<String, _>(0)).collect::<Result<_, _>>().map_err(err)
+        self.ids(&text, &sql.args).await
     }
 
     async fn put(&mut self, v: NewVersion<'_>) -> StoreResult<()> {
