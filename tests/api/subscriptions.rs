@@ -203,12 +203,14 @@ async fn a_failing_endpoint_puts_the_subscription_in_error_and_recovery_back_to_
         if statuses.last() != Some(&status) {
             statuses.push(status.clone());
         }
-        if statuses.len() >= 3 {
+        if statuses.ends_with(&["error".to_owned(), "active".to_owned()]) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(statuses, ["active", "error", "active"]);
+    // Created active; the first failure may come before the first look.
+    let expected: &[&[&str]] = &[&["active", "error", "active"], &["error", "active"]];
+    assert!(expected.contains(&statuses.iter().map(String::as_str).collect::<Vec<_>>().as_slice()), "{statuses:?}");
     let delivered = hook.wait_for_delivery(1).await;
     assert_eq!((delivered[0].method.as_str(), delivered[0].body.as_str()), ("POST", ""), "an empty notification");
 }
