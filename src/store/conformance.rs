@@ -218,6 +218,11 @@ async fn concurrent_audit_appends_form_one_chain_that_verifies() {
     assert_eq!(verify(&*store).await.unwrap(), Verdict::Intact { entries: 40 });
     let q = super::AuditQuery { patients: Some(vec!["Patient/p1".into()]), count: 100, ..Default::default() };
     assert_eq!(store.audit_entries(&q).await.unwrap().len(), 13);
+    // The same once the patient index has caught up (SQLite fills it in the background).
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let again = store.audit_entries(&q).await.unwrap();
+    assert_eq!(again.len(), 13);
+    assert!(again.windows(2).all(|w| w[0].seq > w[1].seq), "newest first, no entry twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -371,7 +371,7 @@ impl Store for PgStore {
     }
 
     async fn audit_entries(&self, q: &AuditQuery) -> StoreResult<Vec<AuditRow>> {
-        let Some(sql) = sql::audit_query(q) else { return Ok(Vec::new()) };
+        let Some(sql) = sql::audit_query(q, Dialect::Postgres) else { return Ok(Vec::new()) };
         let text = sql.render(Dialect::Postgres);
         let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(&self.pool).await.map_err(err)?;
         rows.iter().map(audit_row).collect::<Result<_, _>>().map_err(err)

@@ -156,21 +156,35 @@ pub fn history_query(q: &super::HistoryQuery) -> Sql {
 }
 
 /// Audit entries newest first; `None` when the query cannot match anything.
-pub fn audit_query(q: &super::AuditQuery) -> Option<Sql> {
+/// On SQLite the patient index lags (see `migrations/sqlite/0007_…`): entries
+/// after `audit_indexed.seq` are found by their `patients` column.
+pub fn audit_query(q: &super::AuditQuery, dialect: Dialect) -> Option<Sql> {
     let mut sql = Sql::default();
     sql.push("SELECT a.seq, a.event_id, a.recorded_ms, a.body, a.prev_hash, a.hash FROM audit_log a WHERE 1 = 1");
     if let Some(patients) = &q.patients {
         if patients.is_empty() {
             return None;
         }
-        sql.push(" AND a.seq IN (SELECT seq FROM audit_patient WHERE patient IN (");
-        for (i, p) in patients.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
+        let list = |sql: &mut Sql| {
+            for (i, p) in patients.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.text_arg(p);
             }
-            sql.text_arg(p);
+        };
+        sql.push(" AND a.seq IN (SELECT seq FROM audit_patient WHERE patient IN (");
+        list(&mut sql);
+        sql.push(")");
+        if dialect == Dialect::Sqlite {
+            sql.push(
+                " UNION ALL SELECT t.seq FROM audit_log t, json_each(t.patients) j \
+                 WHERE t.seq > (SELECT seq FROM audit_indexed WHERE one = 1) AND j.value IN (",
+            );
+            list(&mut sql);
+            sql.push(")");
         }
-        sql.push("))");
+        sql.push(")");
     }
     if let Some(id) = &q.event_id {
         sql.push(" AND a.event_id = ").text_arg(id);

@@ -45,6 +45,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "transfers", include_str!("../../migrations/sqlite/0004_transfers.sql")),
     (5, "subscriptions", include_str!("../../migrations/sqlite/0005_subscriptions.sql")),
     (6, "token_assertions", include_str!("../../migrations/sqlite/0006_token_assertions.sql")),
+    (7, "audit_patient_deferred", include_str!("../../migrations/sqlite/0007_audit_patient_deferred.sql")),
 ];
 
 pub struct SqliteStore {
@@ -195,6 +196,7 @@ impl SqliteStore {
         tokio::spawn(flusher(Arc::downgrade(&writer), flush.clone()));
         let (audit, requests) = mpsc::unbounded_channel();
         tokio::spawn(audit_writer(writer.clone(), flush.clone(), requests));
+        tokio::spawn(audit_indexer(Arc::downgrade(&writer), flush.clone(), readers.clone()));
         Ok(SqliteStore { readers, writer, flush, audit })
     }
 }
@@ -352,7 +354,7 @@ impl Store for SqliteStore {
     }
 
     async fn audit_entries(&self, q: &AuditQuery) -> StoreResult<Vec<AuditRow>> {
-        let Some(sql) = sql::audit_query(q) else { return Ok(Vec::new()) };
+        let Some(sql) = sql::audit_query(q, Dialect::Sqlite) else { return Ok(Vec::new()) };
         let text = sql.render(Dialect::Sqlite);
         let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(&self.readers).await.map_err(err)?;
         rows.iter().map(audit_row).collect::<Result<_, _>>().map_err(err)
@@ -492,6 +494,46 @@ async fn audit_writer(
     }
 }
 
+/// How often new audit entries are added to the patient index, and at most
+/// how many in one transaction (which holds up other writes while it runs).
+const AUDIT_INDEX_INTERVAL: Duration = Duration::from_millis(100);
+const AUDIT_INDEX_BATCH: i64 = 2_000;
+
+/// Adds new audit entries to `audit_patient` in sorted batches; ends when
+/// the store is dropped. Until then, queries find them by `audit_log.patients`.
+async fn audit_indexer(writer: Weak<Mutex<Writer>>, flush: Arc<Notify>, readers: SqlitePool) {
+    loop {
+        tokio::time::sleep(AUDIT_INDEX_INTERVAL).await;
+        let Some(writer) = writer.upgrade() else { return };
+        let behind = sqlx::query_scalar::<_, i64>(
+            "SELECT (SELECT seq FROM audit_head WHERE one = 1) - (SELECT seq FROM audit_indexed WHERE one = 1)",
+        )
+        .fetch_one(&readers)
+        .await;
+        if matches!(behind, Ok(n) if n <= 0) {
+            continue;
+        }
+        let indexed = async {
+            let mut tx = begin_on(&writer, &flush).await?;
+            drop(writer);
+            tx.push(
+                "INSERT OR IGNORE INTO audit_patient (patient, seq) SELECT j.value, a.seq \
+                 FROM audit_log a, json_each(a.patients) j, audit_indexed i \
+                 WHERE i.one = 1 AND a.seq > i.seq AND a.seq <= i.seq + ? ORDER BY 1, 2",
+                [Arg::Int(AUDIT_INDEX_BATCH)],
+            );
+            tx.push(
+                "UPDATE audit_indexed SET seq = MIN(seq + ?, (SELECT seq FROM audit_head WHERE one = 1)) WHERE one = 1",
+                [Arg::Int(AUDIT_INDEX_BATCH)],
+            );
+            StoreTx::commit(Box::new(tx)).await
+        };
+        if let Err(e) = indexed.await {
+            tracing::warn!(error = %e, "could not index new audit entries by patient; retrying");
+        }
+    }
+}
+
 /// Starts a logical transaction on the writer connection (waiting for it).
 async fn begin_on(writer: &Arc<Mutex<Writer>>, flush: &Arc<Notify>) -> StoreResult<SqliteTx> {
     let mut guard = writer.clone().lock_owned().await;
@@ -574,8 +616,11 @@ impl SqliteTx {
         let seq = self.guard.audit_seq + 1;
         let prev = std::mem::take(&mut self.guard.audit_hash);
         let hash = super::audit_hash(&prev, seq, r.recorded_ms, &r.body);
+        // The patient index follows in the background (see `audit_indexer`).
+        let patients = serde_json::to_string(&r.patients).unwrap_or_else(|_| "[]".into());
         self.push(
-            "INSERT INTO audit_log (seq, event_id, recorded_ms, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO audit_log (seq, event_id, recorded_ms, body, prev_hash, hash, patients) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
                 Arg::Int(seq),
                 Arg::Text(r.event_id.clone()),
@@ -583,14 +628,9 @@ impl SqliteTx {
                 Arg::Text(r.body.clone()),
                 Arg::Text(prev),
                 Arg::Text(hash.clone()),
+                Arg::Text(patients),
             ],
         );
-        for p in &r.patients {
-            self.push(
-                "INSERT OR IGNORE INTO audit_patient (patient, seq) VALUES (?, ?)",
-                [Arg::Text(p.clone()), Arg::Int(seq)],
-            );
-        }
         self.push("UPDATE audit_head SET seq = ?, hash = ? WHERE one = 1", [Arg::Int(seq), Arg::Text(hash.clone())]);
         self.guard.audit_seq = seq;
         self.guard.audit_hash = hash;
