@@ -35,6 +35,8 @@ pub struct AppState {
     pub auth: Option<Arc<crate::auth::Auth>>,
     /// The mappings in effect; replaced whole on reload, so a request keeps the set it started with.
     mappings: Arc<RwLock<Arc<MappingSet>>>,
+    /// Turns of batch ingest (`ingest.max_concurrent_batches`).
+    pub batch_turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -78,6 +80,7 @@ impl AppState {
         if added > 0 {
             tracing::info!(organisations = added, "NPÖ registry seeded from the reference data");
         }
+        let batch_turns = Arc::new(tokio::sync::Semaphore::new(config.ingest.max_concurrent_batches));
         Ok(AppState {
             config: Arc::new(config),
             store,
@@ -85,6 +88,7 @@ impl AppState {
             started: crate::fhir::format::instant(chrono::Utc::now().timestamp_millis()).into(),
             auth,
             mappings: Arc::new(RwLock::new(Arc::new(mappings))),
+            batch_turns,
         })
     }
 

@@ -91,11 +91,14 @@ pub struct IngestConfig {
     pub max_batch_bytes: usize,
     /// Records of one batch written in one database transaction.
     pub batch_chunk: usize,
+    /// Batch requests mapped and written at the same time; others wait their
+    /// turn. Writes queue for the database anyway, so more only costs memory.
+    pub max_concurrent_batches: usize,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        IngestConfig { max_batch_bytes: 64 * 1024 * 1024, batch_chunk: 250 }
+        IngestConfig { max_batch_bytes: 64 * 1024 * 1024, batch_chunk: 250, max_concurrent_batches: 2 }
     }
 }
 
@@ -281,6 +284,9 @@ impl Config {
         }
         if !(10..=60_000).contains(&self.subscriptions.poll_ms) {
             return Err(key_error("subscriptions.poll_ms", "must be between 10 and 60000"));
+        }
+        if self.ingest.max_concurrent_batches == 0 {
+            return Err(key_error("ingest.max_concurrent_batches", "must be at least 1"));
         }
         if !(1..=10_000).contains(&self.ingest.batch_chunk) {
             return Err(key_error("ingest.batch_chunk", "must be between 1 and 10000"));

@@ -140,6 +140,8 @@ async fn push_batch_inner(st: &AppState, name: &str, ctx: &Ctx, body: Body) -> R
     let set = st.mappings();
     let mapping = find_mapping(&set, name)?;
     let bytes = read_body(body, st.config.ingest.max_batch_bytes).await?;
+    // Parsed, mapped and written in turns: bounds the memory of concurrent batches.
+    let _turn = st.batch_turns.acquire().await.map_err(|_| ApiError::Unavailable("the gateway is stopping".into()))?;
     let records = tokio::task::spawn_blocking(move || split_batch(&bytes))
         .await
         .map_err(|e| ApiError::Internal(format!("batch parsing stopped: {e}")))??;
