@@ -294,17 +294,7 @@ impl Store for PgStore {
         let sql = sql::history_query(q);
         let text = sql.render(Dialect::Postgres);
         let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(&self.pool).await.map_err(err)?;
-        let mut page = HistoryPage::default();
-        for row in rows.iter().take(q.count) {
-            let mut s = stored(row).map_err(err)?;
-            page.next_seq = Some(s.rid);
-            s.rid = 0;
-            page.rows.push(s);
-        }
-        if rows.len() <= q.count {
-            page.next_seq = None;
-        }
-        Ok(page)
+        rows::history_page(&rows, q.count).map_err(err)
     }
 
     async fn search(&self, plan: &SearchPlan) -> StoreResult<SearchPage> {

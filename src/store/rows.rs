@@ -262,3 +262,22 @@ where
     }
     Ok((out, next))
 }
+
+/// A history page from rows selected by [`super::sql::history_query`] (one
+/// look-ahead row beyond `count`): the versions, and where the next page starts.
+pub(crate) fn history_page<R: SqlRow>(rows: &[R], count: usize) -> Result<super::HistoryPage, sqlx::Error>
+where
+    usize: ColumnIndex<R>,
+{
+    let mut page = super::HistoryPage::default();
+    for row in rows.iter().take(count) {
+        let mut s = stored(row)?;
+        page.next_seq = Some(s.rid);
+        s.rid = 0;
+        page.rows.push(s);
+    }
+    if rows.len() <= count {
+        page.next_seq = None;
+    }
+    Ok(page)
+}
