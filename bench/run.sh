@@ -12,7 +12,8 @@
 # Per scenario: a release build on a fresh temporary SQLite file (port 0),
 # seeded by bench/seed.py, then wrk (16 connections, 2 threads,
 # BENCH_DURATION seconds, default 15; 10 s request timeout) for read by id, search by
-# subject+category, create, single ingest and batch ingest (BENCH_BATCH records
+# subject+category, the same with _include, create, transfer creation
+# (/ingest/dokument as the region), single ingest and batch ingest (BENCH_BATCH records
 # per request, default 100, as lund-ehr). Prints Markdown tables and writes
 # bench-results/latest.json. Exits non-zero when any request failed.
 #
@@ -208,7 +209,9 @@ scenario() {
   : >"$work/$name.rss"
   run_wrk "$name" read read.lua "$ids"
   run_wrk "$name" search search.lua "$ids"
+  run_wrk "$name" include include.lua "$ids"
   run_wrk "$name" create create.lua "$ids"
+  run_wrk "$name" transfer transfer.lua "$ids"
   run_wrk "$name" ingest ingest.lua "$ids" lund-ehr
   run_wrk "$name" ingest_batch ingest_batch.lua "$ids" lund-ehr
   local hwm rss
@@ -310,7 +313,9 @@ print(f"commit {doc['commit'][:12]} (sources {doc['source_digest']}), {cpu}, npr
       f"load average {doc['load_avg_before']} (before) / {doc['load_avg_after']} (after), "
       f"wrk -t{doc['wrk']['threads']} -c{doc['wrk']['connections']} -d{doc['wrk']['seconds_per_test']}s, "
       + (f"sqlite synchronous={doc['sqlite_synchronous']}" if doc["store"] == "sqlite" else "PostgreSQL store"))
-labels = {"read": "read by id", "search": "search subject+category", "create": "create",
+labels = {"read": "read by id", "search": "search subject+category",
+          "include": "search subject+category, _include=Observation:subject", "create": "create",
+          "transfer": "transfer creation (/ingest/dokument)",
           "ingest": "ingest, single record", "ingest_batch": "ingest, batches of %s" % env.get("BENCH_BATCH", "100")}
 batch = int(env.get("BENCH_BATCH", "100"))
 for s in scenarios:
