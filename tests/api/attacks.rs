@@ -99,6 +99,12 @@ async fn forged_expired_misaddressed_and_unknown_assertions_buy_no_token() {
     // And the real thing still works.
     let ok = token_request(&app, &lund.sign(&kid, &claims(&app, "lund-ehr")).unwrap()).await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+    // Every refusal is in the audit trail, with its reason.
+    let outcomes = crate::security::audit_outcomes(&app).await;
+    let refused: Vec<&String> = outcomes.iter().filter(|d| d.starts_with("401")).collect();
+    assert_eq!(refused.len(), 8, "{outcomes:?}");
+    assert!(refused.iter().any(|d| d.contains("alg none")), "{refused:?}");
+    assert!(refused.iter().any(|d| d.contains("expired")), "{refused:?}");
 }
 
 #[tokio::test]
@@ -125,6 +131,8 @@ async fn forged_and_expired_access_tokens_are_refused() {
     }
     let r = app.get("/fhir/Patient").await;
     assert_eq!(r.status, StatusCode::OK, "the real token works");
+    let refused = crate::security::audit_outcomes(&app).await.into_iter().filter(|d| d.starts_with("401")).count();
+    assert_eq!(refused, 3, "every refused token is in the audit trail");
 }
 
 #[tokio::test]
@@ -156,6 +164,10 @@ async fn read_only_clients_cannot_write_and_municipalities_cannot_reach_each_oth
     }
     let search = app.send(Method::GET, "/fhir/Observation", None, &[("authorization", &lund)]).await;
     assert_eq!(search.json["entry"].as_array().map_or(0, Vec::len), 0, "{}", search.text);
+    // The refused writes and the reads that found nothing are audited.
+    let outcomes = crate::security::audit_outcomes(&app).await;
+    assert_eq!(outcomes.iter().filter(|d| d.starts_with("403")).count(), 2, "{outcomes:?}");
+    assert_eq!(outcomes.iter().filter(|d| d.starts_with("404")).count(), 2, "{outcomes:?}");
 }
 
 /// A reqwest client trusting the development CA, optionally presenting an example client certificate.

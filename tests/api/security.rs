@@ -29,7 +29,8 @@ async fn token_request(app: &TestApp, assertion: &str, scope: &str) -> crate::he
     app.send(Method::POST, "/auth/token", Some(&form), &[("content-type", "application/x-www-form-urlencoded")]).await
 }
 
-async fn audit_outcomes(app: &TestApp) -> Vec<String> {
+/// The `outcomeDesc` (status and reason) of every entry in the audit log.
+pub async fn audit_outcomes(app: &TestApp) -> Vec<String> {
     let admin = app.token_for("nara-admin", None);
     let r = app
         .send(Method::GET, "/fhir/AuditEvent?_count=1000", None, &[("authorization", &format!("Bearer {admin}"))])
