@@ -215,6 +215,13 @@ async fn concurrent_audit_appends_form_one_chain_that_verifies() {
     for t in tasks {
         t.await.unwrap();
     }
+    // Every entry reaches the chain's head without anyone reading the log
+    // (on PostgreSQL through the background sealer).
+    let started = std::time::Instant::now();
+    while store.audit_head().await.unwrap().0 < 40 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "entries left unsealed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(verify(&*store).await.unwrap(), Verdict::Intact { entries: 40 });
     let q = super::AuditQuery { patients: Some(vec!["Patient/p1".into()]), count: 100, ..Default::default() };
     assert_eq!(store.audit_entries(&q).await.unwrap().len(), 13);

@@ -12,10 +12,12 @@
 //!   the query (or the source record), so two replicas asking "does it
 //!   exist?" for the same thing take turns and the second sees the first's
 //!   commit.
-//! - **One audit chain**: audit entries of a transaction are appended at
-//!   commit, under the lock of the `audit_head` row, so the chain is extended
-//!   by one transaction at a time across all replicas; concurrent appends of
-//!   one process are batched into one transaction (group commit).
+//! - **One audit chain**: a transaction writes its audit entries to
+//!   `audit_pending` (durable at its commit, no lock shared with other
+//!   writers). A sealer moves them into the hash chain under the lock of the
+//!   `audit_head` row, so the chain is extended by one sealer at a time across
+//!   all replicas; reads of the audit log seal what is pending first.
+//!   Concurrent read audits of one process are batched into one transaction.
 //! - **The outbox**: notifications are claimed with `FOR UPDATE SKIP LOCKED`.
 //! - **Caches**: every commit that changed resources sends
 //!   `NOTIFY nara_changes` with their `Type/id`; each replica listens and
@@ -45,7 +47,10 @@ use super::{
 use crate::config::DatabaseConfig;
 
 /// Schema migrations, applied in order and recorded in `schema_migrations`.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "schema", include_str!("../../migrations/postgres/0001_schema.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "schema", include_str!("../../migrations/postgres/0001_schema.sql")),
+    (2, "audit_pending", include_str!("../../migrations/postgres/0002_audit_pending.sql")),
+];
 
 /// The channel on which commits announce changed resources.
 pub const CHANGES_CHANNEL: &str = "nara_changes";
@@ -88,7 +93,7 @@ async fn audit_writer(pool: PgPool, mut requests: mpsc::UnboundedReceiver<AuditR
         let records: Vec<AuditRecord> = batch.iter_mut().flat_map(|(r, _)| std::mem::take(r)).collect();
         let result = async {
             let mut tx = pool.begin().await?;
-            append_chain(&mut tx, &records).await?;
+            write_pending(&mut tx, &records).await?;
             tx.commit().await
         }
         .await
@@ -116,6 +121,7 @@ impl PgStore {
         migrate(&pool).await?;
         let (audit, requests) = mpsc::unbounded_channel();
         tokio::spawn(audit_writer(pool.clone(), requests));
+        tokio::spawn(sealer(pool.clone()));
         Ok(PgStore { pool, audit })
     }
 
@@ -201,6 +207,92 @@ fn lock_key(parts: &[&str]) -> i64 {
     }
     let d = h.finalize();
     i64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// Writes audit entries for the sealer (see [`seal`]).
+async fn write_pending(tx: &mut PgConnection, records: &[AuditRecord]) -> Result<(), sqlx::Error> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = records.iter().map(|r| r.event_id.as_str()).collect();
+    let times: Vec<i64> = records.iter().map(|r| r.recorded_ms).collect();
+    let bodies: Vec<&str> = records.iter().map(|r| r.body.as_str()).collect();
+    let patients: Vec<String> = records.iter().map(|r| r.patients.join(" ")).collect();
+    sqlx::query(
+        "INSERT INTO audit_pending (event_id, recorded_ms, body, patients) \
+         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[])",
+    )
+    .bind(&ids)
+    .bind(&times)
+    .bind(&bodies)
+    .bind(&patients)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Most pending audit entries one seal moves into the chain.
+const SEAL_BATCH: i64 = 1_000;
+
+/// Moves committed pending audit entries into the hash chain, in the order
+/// they were written; returns how many. Sealers of all replicas take turns
+/// on the chain head's row lock, which is taken before the pending entries
+/// are read, so no two sealers move the same entry.
+async fn seal(pool: &PgPool) -> Result<usize, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT seq FROM audit_head WHERE one = 1 FOR UPDATE").execute(&mut *tx).await?;
+    let rows = sqlx::query(
+        "SELECT pending_id, event_id, recorded_ms, body, patients FROM audit_pending ORDER BY pending_id LIMIT $1",
+    )
+    .bind(SEAL_BATCH)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut pending_ids = Vec::with_capacity(rows.len());
+    let mut records = Vec::with_capacity(rows.len());
+    for r in &rows {
+        pending_ids.push(r.try_get::<i64, _>(0)?);
+        let patients: String = r.try_get(4)?;
+        records.push(AuditRecord {
+            event_id: r.try_get(1)?,
+            recorded_ms: r.try_get(2)?,
+            body: r.try_get(3)?,
+            patients: patients.split(' ').filter(|p| !p.is_empty()).map(str::to_owned).collect(),
+        });
+    }
+    append_chain(&mut tx, &records).await?;
+    sqlx::query("DELETE FROM audit_pending WHERE pending_id = ANY($1)").bind(&pending_ids).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(records.len())
+}
+
+/// Seals until nothing committed is pending.
+async fn seal_all(pool: &PgPool) -> Result<(), sqlx::Error> {
+    while seal(pool).await? as i64 == SEAL_BATCH {}
+    Ok(())
+}
+
+/// How often the sealer looks for pending audit entries.
+const SEAL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Seals pending audit entries in the background; ends when the pool is closed.
+async fn sealer(pool: PgPool) {
+    loop {
+        tokio::time::sleep(SEAL_INTERVAL).await;
+        if pool.is_closed() {
+            return;
+        }
+        let pending =
+            sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM audit_pending)").fetch_one(&pool).await;
+        if !matches!(pending, Ok(true)) {
+            continue;
+        }
+        if let Err(e) = seal_all(&pool).await {
+            tracing::warn!(error = %e, "could not seal audit entries into the chain; retrying");
+        }
+    }
 }
 
 /// Extends the audit chain with `records` inside `tx`, holding the lock on
@@ -361,6 +453,7 @@ impl Store for PgStore {
     }
 
     async fn audit_entries(&self, q: &AuditQuery) -> StoreResult<Vec<AuditRow>> {
+        seal_all(&self.pool).await.map_err(err)?;
         let Some(sql) = sql::audit_query(q, Dialect::Postgres) else { return Ok(Vec::new()) };
         let text = sql.render(Dialect::Postgres);
         let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(&self.pool).await.map_err(err)?;
@@ -368,6 +461,10 @@ impl Store for PgStore {
     }
 
     async fn audit_chain(&self, after_seq: i64, limit: usize) -> StoreResult<Vec<AuditRow>> {
+        if after_seq == 0 {
+            // A verification starts: everything committed so far is in the chain.
+            seal_all(&self.pool).await.map_err(err)?;
+        }
         let rows = sqlx::query(&format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2"))
             .bind(after_seq)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -463,7 +560,7 @@ fn pg(text: &str) -> String {
 /// Dropped without `commit`, it is rolled back when the connection returns.
 struct PgTx {
     tx: Transaction<'static, Postgres>,
-    /// Audit entries to append at commit (under the chain's lock).
+    /// Audit entries to write at commit (sealed into the chain afterwards).
     audits: Vec<AuditRecord>,
     /// `Type/id` of resources written, announced to the other replicas at commit.
     changed: Vec<String>,
@@ -938,7 +1035,7 @@ impl StoreTx for PgTx {
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {
         let PgTx { mut tx, audits, changed } = *self;
-        append_chain(&mut tx, &audits).await.map_err(err)?;
+        write_pending(&mut tx, &audits).await.map_err(err)?;
         // Delivered to the listening replicas when (and only if) the transaction commits.
         let mut payload = String::new();
         for key in changed.iter().map(String::as_str).chain(std::iter::once("")) {
