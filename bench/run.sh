@@ -4,6 +4,9 @@
 #   bench/run.sh           small (2,000 Observations / 200 patients) and
 #                          large (100,000 Observations / 1,000 patients) scenarios
 #   bench/run.sh --quick   the small scenario only
+#   BENCH_SCENARIOS="huge" bench/run.sh
+#                          1,000,000 Observations across 10,000 patients
+#                          (growth: small, large, huge = 2k, 100k, 1M)
 #   bench/run.sh --postgres [--quick]
 #                          the same on PostgreSQL: a fresh database per scenario
 #                          on BENCH_POSTGRES_URL (default: what .ci/postgres.sh
@@ -23,7 +26,7 @@
 set -Eeuo pipefail
 trap 'echo "run.sh: line $LINENO: \`$BASH_COMMAND\` failed" >&2' ERR
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -E/{/^set -E/d;p}' "$0" | sed 's/^# \{0,1\}//'; }
 
 quick=0
 postgres=0
@@ -255,8 +258,16 @@ fi
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-scenario small 200 10
-[[ $quick -eq 1 ]] || scenario large 1000 100
+# BENCH_SCENARIOS picks scenarios by name: small (2,000 Observations),
+# large (100,000), huge (1,000,000 Observations across 10,000 patients).
+for name in ${BENCH_SCENARIOS:-small $([[ $quick -eq 1 ]] || echo large)}; do
+  case "$name" in
+    small) scenario small 200 10 ;;
+    large) scenario large 1000 100 ;;
+    huge) scenario huge 10000 100 ;;
+    *) die "unknown scenario \`$name\` in BENCH_SCENARIOS (small, large, huge)" ;;
+  esac
+done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 export BENCH_WORK="$work" BENCH_STARTED="$started" BENCH_COMMIT="$commit" \
@@ -276,7 +287,7 @@ with open("/proc/cpuinfo") as f:
             cpu = line.split(":", 1)[1].strip()
             break
 scenarios = []
-for name in ("small", "large"):
+for name in ("small", "large", "huge"):
     meta = os.path.join(work, f"{name}.meta")
     if not os.path.exists(meta):
         continue
