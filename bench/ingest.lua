@@ -7,10 +7,7 @@ local prefix, n, headers
 function init(args)
   prefix = ingest.prefix()
   n = 0
-  headers = { ["Content-Type"] = "application/json" }
-  for k, v in pairs(wrk.headers) do
-    headers[k] = headers[k] or v
-  end
+  headers = ingest.headers("application/json")
 end
 
 function request()

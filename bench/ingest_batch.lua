@@ -9,10 +9,7 @@ local prefix, n, headers
 function init(args)
   prefix = ingest.prefix()
   n = 0
-  headers = { ["Content-Type"] = "application/x-ndjson" }
-  for k, v in pairs(wrk.headers) do
-    headers[k] = headers[k] or v
-  end
+  headers = ingest.headers("application/x-ndjson")
 end
 
 function request()

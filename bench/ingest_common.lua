@@ -44,6 +44,15 @@ function ingest.record(prefix, n)
     '"padl":[' .. table.concat(padl, ",") .. ']}'
 end
 
+-- Request headers: `content_type` plus wrk's own (the Authorization header).
+function ingest.headers(content_type)
+  local headers = { ["Content-Type"] = content_type }
+  for k, v in pairs(wrk.headers) do
+    headers[k] = headers[k] or v
+  end
+  return headers
+end
+
 -- A prefix unique to this thread and run, so every record is new.
 function ingest.prefix()
   common.seed_random()

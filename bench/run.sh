@@ -212,7 +212,7 @@ scenario() {
   : >"$work/$name.rss"
   run_wrk "$name" read read.lua "$ids"
   run_wrk "$name" search search.lua "$ids"
-  run_wrk "$name" include include.lua "$ids"
+  BENCH_SEARCH_EXTRA="&_include=Observation:subject" run_wrk "$name" include search.lua "$ids"
   run_wrk "$name" create create.lua "$ids"
   run_wrk "$name" transfer transfer.lua "$ids"
   run_wrk "$name" ingest ingest.lua "$ids" lund-ehr

@@ -26,10 +26,7 @@ function init(args)
   f:close()
   prefix = ingest.prefix()
   n = 0
-  headers = { ["Content-Type"] = "application/json" }
-  for k, v in pairs(wrk.headers) do
-    headers[k] = headers[k] or v
-  end
+  headers = ingest.headers("application/json")
 end
 
 function request()

@@ -30,12 +30,12 @@ use sqlx::{
     Executor, PgConnection, Postgres, Row, Transaction,
     postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions},
 };
-use tokio::sync::{mpsc, oneshot};
 
 use super::{
     ACCESS_PARAM, AuditQuery, AuditRecord, AuditRow, Current, HistoryPage, HistoryQuery, IngestRecord, NewVersion,
     Notification, NpoOrganization, NpoStatement, Observed, SearchPage, SearchPlan, Store, StoreError, StoreResult,
     StoreTx, Stored, SubscriptionRow, TransferRow,
+    audit_queue::{self, AuditQueue, AuditRequests},
     cache::Invalidator,
     plan::IndexTable,
     rows::{
@@ -61,35 +61,16 @@ const MIGRATION_LOCK: i64 = 0x6e61_7261_6d69_6772; // "naramigr"
 /// NOTIFY payloads must stay below 8000 bytes.
 const NOTIFY_PAYLOAD_MAX: usize = 7_000;
 
-type CommitResult = Result<(), String>;
-
 pub struct PgStore {
     pool: PgPool,
     /// Audit appends for the audit writer task (see [`audit_writer`]).
-    audit: mpsc::UnboundedSender<AuditRequest>,
+    audit: AuditQueue,
 }
 
-/// Audit entries to append and where to say when they are durable.
-type AuditRequest = (Vec<AuditRecord>, oneshot::Sender<CommitResult>);
-
-/// Appends audit entries in batches, one transaction per batch: everything
-/// requested while the previous batch was being committed goes into the
-/// next. A task of its own, so a caller that gives up cannot take other
-/// callers' entries with it.
-async fn audit_writer(pool: PgPool, mut requests: mpsc::UnboundedReceiver<AuditRequest>) {
-    const MAX_BATCH: usize = 4096;
-    while let Some(first) = requests.recv().await {
-        let mut batch = vec![first];
-        let mut entries = batch[0].0.len();
-        while entries < MAX_BATCH {
-            match requests.try_recv() {
-                Ok(r) => {
-                    entries += r.0.len();
-                    batch.push(r);
-                }
-                Err(_) => break,
-            }
-        }
+/// Appends audit entries in batches (see [`audit_queue`]), one transaction
+/// per batch, to `audit_pending` for the sealer.
+async fn audit_writer(pool: PgPool, mut requests: AuditRequests) {
+    while let Some(mut batch) = requests.next_batch().await {
         let records: Vec<AuditRecord> = batch.iter_mut().flat_map(|(r, _)| std::mem::take(r)).collect();
         let result = async {
             let mut tx = pool.begin().await?;
@@ -99,7 +80,7 @@ async fn audit_writer(pool: PgPool, mut requests: mpsc::UnboundedReceiver<AuditR
         .await
         .map_err(|e| e.to_string());
         if let Err(e) = &result {
-            tracing::error!(error = %e, entries, "audit append failed");
+            tracing::error!(error = %e, entries = records.len(), "audit append failed");
         }
         for (_, done) in batch {
             let _ = done.send(result.clone());
@@ -119,7 +100,7 @@ impl PgStore {
             .await
             .map_err(|e| anyhow::anyhow!("database.url: cannot connect to PostgreSQL: {e}"))?;
         migrate(&pool).await?;
-        let (audit, requests) = mpsc::unbounded_channel();
+        let (audit, requests) = audit_queue::audit_queue();
         tokio::spawn(audit_writer(pool.clone(), requests));
         tokio::spawn(sealer(pool.clone()));
         Ok(PgStore { pool, audit })
@@ -268,9 +249,14 @@ async fn seal(pool: &PgPool) -> Result<usize, sqlx::Error> {
     Ok(records.len())
 }
 
-/// Seals until nothing committed is pending.
+/// Seals until nothing committed is pending (without taking the chain's lock
+/// when nothing is).
 async fn seal_all(pool: &PgPool) -> Result<(), sqlx::Error> {
-    while seal(pool).await? as i64 == SEAL_BATCH {}
+    while sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM audit_pending)").fetch_one(pool).await? {
+        if (seal(pool).await? as i64) < SEAL_BATCH {
+            break;
+        }
+    }
     Ok(())
 }
 
@@ -283,11 +269,6 @@ async fn sealer(pool: PgPool) {
         tokio::time::sleep(SEAL_INTERVAL).await;
         if pool.is_closed() {
             return;
-        }
-        let pending =
-            sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM audit_pending)").fetch_one(&pool).await;
-        if !matches!(pending, Ok(true)) {
-            continue;
         }
         if let Err(e) = seal_all(&pool).await {
             tracing::warn!(error = %e, "could not seal audit entries into the chain; retrying");
@@ -443,13 +424,7 @@ impl Store for PgStore {
     }
 
     async fn append_audit(&self, records: Vec<AuditRecord>) -> StoreResult<()> {
-        let (done, result) = oneshot::channel();
-        self.audit.send((records, done)).map_err(|_| StoreError::Unavailable("the audit writer has stopped".into()))?;
-        match result.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Unavailable(format!("audit append failed: {e}"))),
-            Err(_) => Err(StoreError::Unavailable("the audit writer stopped before committing".into())),
-        }
+        self.audit.append(records).await
     }
 
     async fn audit_entries(&self, q: &AuditQuery) -> StoreResult<Vec<AuditRow>> {

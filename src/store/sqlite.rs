@@ -21,13 +21,14 @@ use sqlx::{
     Connection, Executor, Row, SqliteConnection,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
 };
-use tokio::sync::{Mutex, Notify, OwnedMutexGuard, mpsc, oneshot};
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard, oneshot};
 
 use super::ACCESS_PARAM;
 use super::{
     AuditQuery, AuditRecord, AuditRow, Current, HistoryPage, HistoryQuery, IngestRecord, NewVersion, Notification,
     NpoOrganization, NpoStatement, Observed, SearchPage, SearchPlan, Store, StoreError, StoreResult, StoreTx, Stored,
     SubscriptionRow, TransferRow,
+    audit_queue::{self, AuditQueue, AuditRequests, CommitResult},
     plan::{Cursor, IndexTable},
     rows::{
         self, AUDIT_COLUMNS, NPO_ORGANIZATION_QUERY, OBSERVED_QUERY, SUBSCRIPTION_QUERY, TRANSFER_COLUMNS, audit_row,
@@ -54,13 +55,8 @@ pub struct SqliteStore {
     /// Wakes the flusher after a transaction released its savepoint.
     flush: Arc<Notify>,
     /// Audit appends for the audit writer task (see [`audit_writer`]).
-    audit: mpsc::UnboundedSender<AuditRequest>,
+    audit: AuditQueue,
 }
-
-/// Audit entries to append and where to say when they are durable.
-type AuditRequest = (Vec<AuditRecord>, oneshot::Sender<CommitResult>);
-
-type CommitResult = Result<(), String>;
 
 struct Writer {
     conn: SqliteConnection,
@@ -194,7 +190,7 @@ impl SqliteStore {
         let writer = Arc::new(Mutex::new(writer));
         let flush = Arc::new(Notify::new());
         tokio::spawn(flusher(Arc::downgrade(&writer), flush.clone()));
-        let (audit, requests) = mpsc::unbounded_channel();
+        let (audit, requests) = audit_queue::audit_queue();
         tokio::spawn(audit_writer(writer.clone(), flush.clone(), requests));
         tokio::spawn(audit_indexer(Arc::downgrade(&writer), flush.clone(), readers.clone()));
         Ok(SqliteStore { readers, writer, flush, audit })
@@ -334,13 +330,7 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, records: Vec<AuditRecord>) -> StoreResult<()> {
-        let (done, result) = oneshot::channel();
-        self.audit.send((records, done)).map_err(|_| StoreError::Unavailable("the audit writer has stopped".into()))?;
-        match result.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Unavailable(format!("audit append failed: {e}"))),
-            Err(_) => Err(StoreError::Unavailable("the database writer stopped before committing".into())),
-        }
+        self.audit.append(records).await
     }
 
     async fn audit_entries(&self, q: &AuditQuery) -> StoreResult<Vec<AuditRow>> {
@@ -435,30 +425,11 @@ impl Store for SqliteStore {
     }
 }
 
-/// Appends audit entries in batches: everything requested while the previous
-/// batch was being written goes into the next one, as one savepoint of the
-/// group commit; the callers hear from the flusher when it is durable.
-/// A task of its own, so a caller that gives up (a client that disconnects)
-/// cannot leave other callers' entries behind.
-async fn audit_writer(
-    writer: Arc<Mutex<Writer>>,
-    flush: Arc<Notify>,
-    mut requests: mpsc::UnboundedReceiver<AuditRequest>,
-) {
-    /// Most audit entries in one batch.
-    const MAX_BATCH: usize = 4096;
-    while let Some(first) = requests.recv().await {
-        let mut batch = vec![first];
-        let mut entries = batch[0].0.len();
-        while entries < MAX_BATCH {
-            match requests.try_recv() {
-                Ok(r) => {
-                    entries += r.0.len();
-                    batch.push(r);
-                }
-                Err(_) => break,
-            }
-        }
+/// Appends audit entries in batches (see [`audit_queue`]), each as one
+/// savepoint of the group commit; the callers hear from the flusher when it
+/// is durable.
+async fn audit_writer(writer: Arc<Mutex<Writer>>, flush: Arc<Notify>, mut requests: AuditRequests) {
+    while let Some(batch) = requests.next_batch().await {
         let written = async {
             let mut tx = begin_on(&writer, &flush).await?;
             for (records, _) in &batch {
@@ -475,7 +446,7 @@ async fn audit_writer(
                 flush.notify_one();
             }
             Err(e) => {
-                tracing::error!(error = %e, entries, "audit append failed");
+                tracing::error!(error = %e, entries = audit_queue::entries(&batch), "audit append failed");
                 for (_, done) in batch {
                     let _ = done.send(Err(e.to_string()));
                 }

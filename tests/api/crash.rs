@@ -13,9 +13,15 @@ use crate::helpers::patient_json;
 
 /// A region client's token from `nara-gateway token issue`, as an operator gets one.
 pub fn cli_token(client: &str) -> String {
+    cli_token_with(client, &[])
+}
+
+/// The same, with extra `NARA_*` settings (those the gateway runs with, e.g. its public address).
+pub fn cli_token_with(client: &str, env: &[(&str, &str)]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_nara-gateway"))
         .args(["token", "issue", "--client", client])
         .env("NARA_SERVER__TLS__ENABLED", "false")
+        .envs(env.iter().copied())
         .output()
         .expect("run token issue");
     assert!(out.status.success(), "token issue failed: {}", String::from_utf8_lossy(&out.stderr));

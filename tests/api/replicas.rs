@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::{
-    crash::{client_with, start},
+    crash::{cli_token_with, client_with, start},
     helpers::patient_json,
 };
 
@@ -26,14 +26,7 @@ fn example(name: &str) -> Value {
 
 /// A client's access token from `nara-gateway token issue`, for the replicas' public address.
 fn cli_token(client: &str) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nara-gateway"))
-        .args(["token", "issue", "--client", client])
-        .env("NARA_SERVER__TLS__ENABLED", "false")
-        .env("NARA_SERVER__PUBLIC_BASE_URL", PUBLIC_BASE)
-        .output()
-        .expect("run token issue");
-    assert!(out.status.success(), "token issue failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf-8").trim().to_owned()
+    cli_token_with(client, &[("NARA_SERVER__PUBLIC_BASE_URL", PUBLIC_BASE)])
 }
 
 /// Asserts a 2xx (or the expected 412 of a stale `If-Match`), never a 5xx.
