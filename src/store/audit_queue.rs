@@ -46,6 +46,16 @@ impl AuditRequests {
     /// a batch's size). `None` when the store is gone.
     pub(crate) async fn next_batch(&mut self) -> Option<Vec<AuditRequest>> {
         let first = self.0.recv().await?;
+        Some(self.batch_after(first))
+    }
+
+    /// The same for a thread of its own (the SQLite backend's audit journal).
+    pub(crate) fn blocking_next_batch(&mut self) -> Option<Vec<AuditRequest>> {
+        let first = self.0.blocking_recv()?;
+        Some(self.batch_after(first))
+    }
+
+    fn batch_after(&mut self, first: AuditRequest) -> Vec<AuditRequest> {
         let mut entries = first.0.len();
         let mut batch = vec![first];
         while entries < MAX_BATCH {
@@ -57,11 +67,6 @@ impl AuditRequests {
                 Err(_) => break,
             }
         }
-        Some(batch)
+        batch
     }
-}
-
-/// How many entries a batch holds, for the log.
-pub(crate) fn entries(batch: &[AuditRequest]) -> usize {
-    batch.iter().map(|(r, _)| r.len()).sum()
 }

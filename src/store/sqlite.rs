@@ -28,7 +28,8 @@ use super::{
     AuditQuery, AuditRecord, AuditRow, Current, HistoryPage, HistoryQuery, IngestRecord, NewVersion, Notification,
     NpoOrganization, NpoStatement, Observed, SearchPage, SearchPlan, Store, StoreError, StoreResult, StoreTx, Stored,
     SubscriptionRow, TransferRow,
-    audit_queue::{self, AuditQueue, AuditRequests, CommitResult},
+    audit_journal::{self, DurableBatches, Journal, Position},
+    audit_queue::CommitResult,
     plan::{Cursor, IndexTable},
     rows::{
         self, AUDIT_COLUMNS, NPO_ORGANIZATION_QUERY, OBSERVED_QUERY, SUBSCRIPTION_QUERY, TRANSFER_COLUMNS, audit_row,
@@ -47,6 +48,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "subscriptions", include_str!("../../migrations/sqlite/0005_subscriptions.sql")),
     (6, "token_assertions", include_str!("../../migrations/sqlite/0006_token_assertions.sql")),
     (7, "audit_patient_deferred", include_str!("../../migrations/sqlite/0007_audit_patient_deferred.sql")),
+    (8, "audit_journal", include_str!("../../migrations/sqlite/0008_audit_journal.sql")),
 ];
 
 pub struct SqliteStore {
@@ -54,8 +56,12 @@ pub struct SqliteStore {
     writer: Arc<Mutex<Writer>>,
     /// Wakes the flusher after a transaction released its savepoint.
     flush: Arc<Notify>,
-    /// Audit appends for the audit writer task (see [`audit_writer`]).
-    audit: AuditQueue,
+    /// Where audited reads' entries become durable (see [`audit_journal`]);
+    /// `None` when another process holds this database's journal.
+    journal: Option<Journal>,
+    /// The last journal batch in the chain, and how to ask for the next import now.
+    imported: tokio::sync::watch::Receiver<u64>,
+    import_now: Arc<Notify>,
 }
 
 struct Writer {
@@ -190,10 +196,142 @@ impl SqliteStore {
         let writer = Arc::new(Mutex::new(writer));
         let flush = Arc::new(Notify::new());
         tokio::spawn(flusher(Arc::downgrade(&writer), flush.clone()));
-        let (audit, requests) = audit_queue::audit_queue();
-        tokio::spawn(audit_writer(writer.clone(), flush.clone(), requests));
+        let (imported_tx, imported) = tokio::sync::watch::channel(0);
+        let import_now = Arc::new(Notify::new());
+        let journal = match open_journal(Path::new(path), &writer, &flush).await? {
+            Some((journal, durable)) => {
+                let importer = Importer {
+                    writer: Arc::downgrade(&writer),
+                    flush: flush.clone(),
+                    imported: imported_tx,
+                    progress: journal.progress(),
+                };
+                tokio::spawn(importer.run(durable, import_now.clone()));
+                Some(journal)
+            }
+            None => None,
+        };
         tokio::spawn(audit_indexer(Arc::downgrade(&writer), flush.clone(), readers.clone()));
-        Ok(SqliteStore { readers, writer, flush, audit })
+        Ok(SqliteStore { readers, writer, flush, journal, imported, import_now })
+    }
+
+    /// Waits until every audit entry acknowledged so far is in the chain in
+    /// the database, so that reads of the log see it.
+    async fn settle_audit(&self) -> StoreResult<()> {
+        let Some(journal) = &self.journal else { return Ok(()) };
+        let target = journal.acknowledged();
+        let mut imported = self.imported.clone();
+        if *imported.borrow() >= target {
+            return Ok(());
+        }
+        self.import_now.notify_one();
+        let reached = imported.wait_for(|&b| b >= target);
+        match tokio::time::timeout(SETTLE_TIMEOUT, reached).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(StoreError::Unavailable("the audit importer has stopped".into())),
+            Err(_) => Err(StoreError::Unavailable("the audit log is not up to date; try again".into())),
+        }
+    }
+}
+
+/// How long a read of the audit log waits for the journal's newest entries.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens the database's audit journal: imports whatever it holds past the
+/// recorded position (entries acknowledged before a crash), then starts it.
+/// `None` when another process holds it.
+async fn open_journal(
+    database: &Path,
+    writer: &Arc<Mutex<Writer>>,
+    flush: &Arc<Notify>,
+) -> anyhow::Result<Option<(Journal, DurableBatches)>> {
+    let folder = audit_journal::folder_of(database);
+    let row = sqlx::query("SELECT segment, offset FROM audit_journal WHERE one = 1")
+        .fetch_one(&mut writer.lock().await.conn)
+        .await?;
+    let from = Position { segment: row.try_get(0)?, offset: row.try_get(1)? };
+    let opened = {
+        let folder = folder.clone();
+        tokio::task::spawn_blocking(move || audit_journal::open(&folder, from)).await?
+    };
+    let recovery = match opened.map_err(|e| anyhow::anyhow!("audit journal {}: {e}", folder.display()))? {
+        audit_journal::Opened::Owned(r) => r,
+        audit_journal::Opened::HeldElsewhere => {
+            tracing::info!("another process holds this database's audit journal; this one appends no audit entries");
+            return Ok(None);
+        }
+    };
+    if recovery.end != from {
+        let found = recovery.records.len();
+        import(writer, flush, &recovery.records, recovery.end).await?;
+        tracing::info!(entries = found, "imported audit entries from the journal after an unclean stop");
+    }
+    let started = tokio::task::spawn_blocking(move || recovery.start()).await?;
+    Ok(Some(started.map_err(|e| anyhow::anyhow!("audit journal {}: {e}", folder.display()))?))
+}
+
+/// Adds journal entries to the chain and records the journal position they end at, in one transaction.
+async fn import(
+    writer: &Arc<Mutex<Writer>>,
+    flush: &Arc<Notify>,
+    records: &[AuditRecord],
+    end: Position,
+) -> StoreResult<()> {
+    let mut tx = begin_on(writer, flush).await?;
+    tx.append_audit_rows(records).await?;
+    tx.push(
+        "UPDATE audit_journal SET segment = ?, offset = ? WHERE one = 1",
+        [Arg::Int(end.segment), Arg::Int(end.offset)],
+    );
+    StoreTx::commit(Box::new(tx)).await
+}
+
+/// Moves durable journal entries into the chain in the database, in batches.
+struct Importer {
+    writer: Weak<Mutex<Writer>>,
+    flush: Arc<Notify>,
+    imported: tokio::sync::watch::Sender<u64>,
+    progress: audit_journal::Progress,
+}
+
+/// How long the importer gathers journal batches before a transaction,
+/// unless a reader of the log asks for them.
+const IMPORT_INTERVAL: Duration = Duration::from_millis(50);
+
+impl Importer {
+    /// Runs until the journal is gone (the store was dropped).
+    async fn run(self, mut durable: DurableBatches, now: Arc<Notify>) {
+        let mut pending: Vec<audit_journal::Durable> = Vec::new();
+        loop {
+            if pending.is_empty() {
+                match durable.recv().await {
+                    Some(d) => pending.push(d),
+                    None => return,
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(IMPORT_INTERVAL) => {}
+                    () = now.notified() => {}
+                }
+            }
+            while let Some(d) = durable.try_recv() {
+                pending.push(d);
+            }
+            let Some(writer) = self.writer.upgrade() else { return };
+            let records: Vec<AuditRecord> = pending.iter().flat_map(|d| d.records.iter().cloned()).collect();
+            let (end, batch) = pending.last().map(|d| (d.end, d.batch)).expect("pending is not empty");
+            match import(&writer, &self.flush, &records, end).await {
+                Ok(()) => {
+                    pending.clear();
+                    self.imported.send_replace(batch);
+                    self.progress.reached(end);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, entries = records.len(), "could not import audit entries from the journal; retrying");
+                    drop(writer);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
     }
 }
 
@@ -330,17 +468,24 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, records: Vec<AuditRecord>) -> StoreResult<()> {
-        self.audit.append(records).await
+        match &self.journal {
+            Some(journal) => journal.append(records).await,
+            None => Err(audit_journal::held_elsewhere_error()),
+        }
     }
 
     async fn audit_entries(&self, q: &AuditQuery) -> StoreResult<Vec<AuditRow>> {
         let Some(sql) = sql::audit_query(q, Dialect::Sqlite) else { return Ok(Vec::new()) };
+        self.settle_audit().await?;
         let text = sql.render(Dialect::Sqlite);
         let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(&self.readers).await.map_err(err)?;
         rows.iter().map(audit_row).collect::<Result<_, _>>().map_err(err)
     }
 
     async fn audit_chain(&self, after_seq: i64, limit: usize) -> StoreResult<Vec<AuditRow>> {
+        if after_seq == 0 {
+            self.settle_audit().await?;
+        }
         let rows = sqlx::query(&format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?"))
             .bind(after_seq)
             .bind(limit as i64)
@@ -351,6 +496,7 @@ impl Store for SqliteStore {
     }
 
     async fn audit_head(&self) -> StoreResult<(i64, String)> {
+        self.settle_audit().await?;
         let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE one = 1")
             .fetch_one(&self.readers)
             .await
@@ -422,36 +568,6 @@ impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.readers).await.map_err(err)?;
         Ok(())
-    }
-}
-
-/// Appends audit entries in batches (see [`audit_queue`]), each as one
-/// savepoint of the group commit; the callers hear from the flusher when it
-/// is durable.
-async fn audit_writer(writer: Arc<Mutex<Writer>>, flush: Arc<Notify>, mut requests: AuditRequests) {
-    while let Some(batch) = requests.next_batch().await {
-        let written = async {
-            let mut tx = begin_on(&writer, &flush).await?;
-            for (records, _) in &batch {
-                for r in records {
-                    tx.push_audit(r);
-                }
-            }
-            tx.release().await
-        };
-        match written.await {
-            Ok(mut tx) => {
-                tx.guard.waiters.extend(batch.into_iter().map(|(_, done)| done));
-                drop(tx);
-                flush.notify_one();
-            }
-            Err(e) => {
-                tracing::error!(error = %e, entries = audit_queue::entries(&batch), "audit append failed");
-                for (_, done) in batch {
-                    let _ = done.send(Err(e.to_string()));
-                }
-            }
-        }
     }
 }
 
@@ -595,6 +711,50 @@ impl SqliteTx {
         self.push("UPDATE audit_head SET seq = ?, hash = ? WHERE one = 1", [Arg::Int(seq), Arg::Text(hash.clone())]);
         self.guard.audit_seq = seq;
         self.guard.audit_hash = hash;
+    }
+
+    /// Appends many audit entries (a journal import): multi-row inserts of a
+    /// fixed size, each sent on its own so that the statement stays prepared
+    /// (one text of thousands of statements would be parsed anew each time).
+    async fn append_audit_rows(&mut self, records: &[AuditRecord]) -> StoreResult<()> {
+        const ROWS: usize = 32;
+        if records.is_empty() {
+            return Ok(());
+        }
+        if self.audit_saved.is_none() {
+            self.audit_saved = Some((self.guard.audit_seq, self.guard.audit_hash.clone()));
+        }
+        for chunk in records.chunks(ROWS) {
+            let mut args = Vec::with_capacity(chunk.len() * 7);
+            for r in chunk {
+                let seq = self.guard.audit_seq + 1;
+                let prev = std::mem::take(&mut self.guard.audit_hash);
+                let hash = super::audit_hash(&prev, seq, r.recorded_ms, &r.body);
+                let patients = serde_json::to_string(&r.patients).unwrap_or_else(|_| "[]".into());
+                args.extend([
+                    Arg::Int(seq),
+                    Arg::Text(r.event_id.clone()),
+                    Arg::Int(r.recorded_ms),
+                    Arg::Text(r.body.clone()),
+                    Arg::Text(prev),
+                    Arg::Text(hash.clone()),
+                    Arg::Text(patients),
+                ]);
+                self.guard.audit_seq = seq;
+                self.guard.audit_hash = hash;
+            }
+            let rows = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            self.push(
+                &format!(
+                    "INSERT INTO audit_log (seq, event_id, recorded_ms, body, prev_hash, hash, patients) VALUES {rows}"
+                ),
+                args,
+            );
+            self.send().await?;
+        }
+        let head = [Arg::Int(self.guard.audit_seq), Arg::Text(self.guard.audit_hash.clone())];
+        self.push("UPDATE audit_head SET seq = ?, hash = ? WHERE one = 1", head);
+        Ok(())
     }
 
     /// Releases the savepoint (the work joins the outer transaction, which
@@ -1142,5 +1302,88 @@ mod tests {
         put(&store, "after", true).await;
         assert!(store.read("Patient", "after").await.unwrap().is_some());
         assert_eq!(store.read("Patient", "a").await.unwrap().unwrap().version, 1);
+    }
+
+    fn entry(n: usize) -> AuditRecord {
+        AuditRecord {
+            event_id: format!("01900000-0000-7000-8000-{n:012}"),
+            recorded_ms: 1_700_000_000_000 + n as i64,
+            body: format!(r#"{{"resourceType":"AuditEvent","id":"e{n}"}}"#),
+            patients: vec!["Patient/p1".into()],
+        }
+    }
+
+    async fn chain(store: &SqliteStore) -> Vec<String> {
+        store.audit_chain(0, 1000).await.unwrap().into_iter().map(|r| r.event_id).collect()
+    }
+
+    #[tokio::test]
+    async fn journal_entries_not_yet_imported_are_imported_once_at_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            DatabaseConfig { url: format!("sqlite://{}/t.db", dir.path().display()), ..DatabaseConfig::default() };
+        let store = SqliteStore::open(&config).await.unwrap();
+        store.append_audit(vec![entry(1), entry(2)]).await.unwrap();
+        assert_eq!(chain(&store).await.len(), 2, "a read of the log waits for the import");
+        // Acknowledged, then the store goes away before the importer's next round (as in a crash).
+        store.append_audit(vec![entry(3)]).await.unwrap();
+        store.append_audit(vec![entry(4)]).await.unwrap();
+        drop(store);
+        let mut reopened = None;
+        for _ in 0..200 {
+            let s = SqliteStore::open(&config).await.unwrap();
+            if s.journal.is_some() {
+                reopened = Some(s);
+                break;
+            }
+            drop(s);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let store = reopened.expect("the journal was released");
+        let ids = chain(&store).await;
+        let expected: Vec<String> = (1..=4).map(|n| entry(n).event_id).collect();
+        assert_eq!(ids, expected, "every acknowledged entry, once, in order");
+        store.append_audit(vec![entry(5)]).await.unwrap();
+        assert_eq!(crate::audit::verify(&store).await.unwrap(), crate::audit::Verdict::Intact { entries: 5 });
+    }
+
+    #[tokio::test]
+    async fn a_second_store_on_the_same_file_reads_but_does_not_append() {
+        let (dir, store) = store().await;
+        store.append_audit(vec![entry(1)]).await.unwrap();
+        assert_eq!(store.audit_head().await.unwrap().0, 1);
+        let config =
+            DatabaseConfig { url: format!("sqlite://{}/t.db", dir.path().display()), ..DatabaseConfig::default() };
+        let second = SqliteStore::open(&config).await.unwrap();
+        assert!(second.journal.is_none());
+        let refused = second.append_audit(vec![entry(2)]).await;
+        assert!(
+            matches!(&refused, Err(StoreError::Unavailable(m)) if m.contains("another nara-gateway process")),
+            "{refused:?}"
+        );
+        assert_eq!(chain(&second).await, vec![entry(1).event_id]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn journal_segments_roll_over_and_are_reused() {
+        let (dir, store) = store().await;
+        // Bodies of 256 KiB: a 16 MiB segment holds about 64 of them.
+        let big = "x".repeat(256 * 1024);
+        for n in 0..200 {
+            let mut e = entry(n);
+            e.body = format!(r#"{{"resourceType":"AuditEvent","id":"e{n}","pad":"{big}"}}"#);
+            store.append_audit(vec![e]).await.unwrap();
+            if n % 20 == 0 {
+                store.audit_head().await.unwrap(); // lets the importer catch up
+            }
+        }
+        assert_eq!(store.audit_head().await.unwrap().0, 200);
+        let folder = audit_journal::folder_of(&dir.path().join("t.db"));
+        let segments = std::fs::read_dir(&folder)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".journal"))
+            .count();
+        assert!(segments <= 5, "imported segments are reused or removed, not kept: {segments}");
+        assert_eq!(crate::audit::verify(store.as_ref()).await.unwrap(), crate::audit::Verdict::Intact { entries: 200 });
     }
 }
