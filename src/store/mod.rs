@@ -5,6 +5,7 @@
 //! server's `id` and `meta` already in it, and read back byte for byte.
 //! Search index rows live beside it and are written in the same transaction.
 
+mod audit_body;
 mod audit_journal;
 mod audit_queue;
 pub mod cache;

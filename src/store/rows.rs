@@ -58,6 +58,7 @@ where
     i64: Encode<'q, DB> + Type<DB>,
     f64: Encode<'q, DB> + Type<DB>,
     &'q str: Encode<'q, DB> + Type<DB>,
+    &'q [u8]: Encode<'q, DB> + Type<DB>,
     Option<String>: Encode<'q, DB> + Type<DB>,
 {
     for a in args {
@@ -66,6 +67,7 @@ where
             Arg::Int(i) => q.bind(*i),
             Arg::Real(f) => q.bind(*f),
             Arg::Text(t) => q.bind(t.as_str()),
+            Arg::Blob(b) => q.bind(b.as_slice()),
         };
     }
     q

@@ -25,6 +25,7 @@ pub enum Arg {
     Int(i64),
     Real(f64),
     Text(String),
+    Blob(Vec<u8>),
 }
 
 /// SQL text with `?` placeholders (renumbered to `$n` for PostgreSQL) and its arguments.

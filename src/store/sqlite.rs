@@ -32,8 +32,8 @@ use super::{
     audit_queue::CommitResult,
     plan::{Cursor, IndexTable},
     rows::{
-        self, AUDIT_COLUMNS, NPO_ORGANIZATION_QUERY, OBSERVED_QUERY, SUBSCRIPTION_QUERY, TRANSFER_COLUMNS, audit_row,
-        bind_all, stored, transfer_row,
+        self, AUDIT_COLUMNS, NPO_ORGANIZATION_QUERY, OBSERVED_QUERY, SUBSCRIPTION_QUERY, TRANSFER_COLUMNS, bind_all,
+        stored, transfer_row,
     },
     sql::{self, Arg, Dialect, ROW_COLUMNS, Sql},
 };
@@ -232,6 +232,20 @@ impl SqliteStore {
             Err(_) => Err(StoreError::Unavailable("the audit log is not up to date; try again".into())),
         }
     }
+}
+
+/// An audit log row, its body decoded (see [`super::audit_body`]).
+fn stored_audit_row(r: &sqlx::sqlite::SqliteRow) -> Result<AuditRow, sqlx::Error> {
+    let stored: Vec<u8> = r.try_get(3)?;
+    let body = super::audit_body::unpack(&stored).map_err(|e| sqlx::Error::Decode(e.into()))?;
+    Ok(AuditRow {
+        seq: r.try_get(0)?,
+        event_id: r.try_get(1)?,
+        recorded_ms: r.try_get(2)?,
+        body,
+        prev_hash: r.try_get(4)?,
+        hash: r.try_get(5)?,
+    })
 }
 
 /// How long a read of the audit log waits for the journal's newest entries.
@@ -479,7 +493,7 @@ impl Store for SqliteStore {
         self.settle_audit().await?;
         let text = sql.render(Dialect::Sqlite);
         let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(&self.readers).await.map_err(err)?;
-        rows.iter().map(audit_row).collect::<Result<_, _>>().map_err(err)
+        rows.iter().map(stored_audit_row).collect::<Result<_, _>>().map_err(err)
     }
 
     async fn audit_chain(&self, after_seq: i64, limit: usize) -> StoreResult<Vec<AuditRow>> {
@@ -492,7 +506,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.readers)
             .await
             .map_err(err)?;
-        rows.iter().map(audit_row).collect::<Result<_, _>>().map_err(err)
+        rows.iter().map(stored_audit_row).collect::<Result<_, _>>().map_err(err)
     }
 
     async fn audit_head(&self) -> StoreResult<(i64, String)> {
@@ -702,7 +716,7 @@ impl SqliteTx {
                 Arg::Int(seq),
                 Arg::Text(r.event_id.clone()),
                 Arg::Int(r.recorded_ms),
-                Arg::Text(r.body.clone()),
+                Arg::Blob(super::audit_body::pack(&r.body)),
                 Arg::Text(prev),
                 Arg::Text(hash.clone()),
                 Arg::Text(patients),
@@ -735,7 +749,7 @@ impl SqliteTx {
                     Arg::Int(seq),
                     Arg::Text(r.event_id.clone()),
                     Arg::Int(r.recorded_ms),
-                    Arg::Text(r.body.clone()),
+                    Arg::Blob(super::audit_body::pack(&r.body)),
                     Arg::Text(prev),
                     Arg::Text(hash.clone()),
                     Arg::Text(patients),
