@@ -62,10 +62,25 @@ pub(crate) struct Position {
     pub offset: i64,
 }
 
+/// An entry as the journal holds it: the record, and its body as the audit
+/// log stores it (compressed, see [`super::audit_body`]; done here, on the
+/// journal's thread, rather than on the threads serving requests).
+pub(crate) struct Entry {
+    pub record: AuditRecord,
+    pub packed: Vec<u8>,
+}
+
+impl Entry {
+    fn new(record: AuditRecord) -> Entry {
+        let packed = super::audit_body::pack(&record.body);
+        Entry { record, packed }
+    }
+}
+
 /// Entries made durable by one write, for the importer: where the journal
 /// ends after them and the running number of the batch.
 pub(crate) struct Durable {
-    pub records: Vec<AuditRecord>,
+    pub entries: Vec<Entry>,
     pub end: Position,
     pub batch: u64,
 }
@@ -127,8 +142,8 @@ pub(crate) enum Opened {
 pub(crate) struct Recovery {
     folder: PathBuf,
     lock: File,
-    /// Records found after the import position, in order, and where they end.
-    pub records: Vec<AuditRecord>,
+    /// Entries found after the import position, in order, and where they end.
+    pub entries: Vec<Entry>,
     pub end: Position,
 }
 
@@ -142,7 +157,7 @@ pub(crate) fn open(folder: &Path, from: Position) -> std::io::Result<Opened> {
         Err(std::fs::TryLockError::WouldBlock) => return Ok(Opened::HeldElsewhere),
         Err(std::fs::TryLockError::Error(e)) => return Err(e),
     }
-    let mut records = Vec::new();
+    let mut entries = Vec::new();
     let mut end = from;
     for (number, path) in segments(folder)? {
         if number < from.segment {
@@ -153,15 +168,15 @@ pub(crate) fn open(folder: &Path, from: Position) -> std::io::Result<Opened> {
         File::open(&path)?.read_to_end(&mut bytes)?;
         let Some(tail) = bytes.get(start as usize..) else { continue };
         let mut at = 0usize;
-        while let Some((record, len)) = parse(number, &tail[at..]) {
-            records.push(record);
+        while let Some((entry, len)) = parse(number, &tail[at..]) {
+            entries.push(entry);
             at += len;
         }
         if at > 0 || number > end.segment {
             end = Position { segment: number, offset: start + at as i64 };
         }
     }
-    Ok(Opened::Owned(Recovery { folder: folder.to_owned(), lock, records, end }))
+    Ok(Opened::Owned(Recovery { folder: folder.to_owned(), lock, entries, end }))
 }
 
 impl Recovery {
@@ -257,22 +272,23 @@ fn checksum(header: &str, patients: &[u8], body: &[u8]) -> String {
 }
 
 /// Appends one record of segment `segment` to `out`.
-fn encode(segment: i64, r: &AuditRecord, out: &mut Vec<u8>) {
+fn encode(segment: i64, e: &Entry, out: &mut Vec<u8>) {
+    let r = &e.record;
     let patients = serde_json::to_string(&r.patients).unwrap_or_else(|_| "[]".into());
-    let header = format!("NARA {segment} {} {} {} {}", r.recorded_ms, r.event_id, patients.len(), r.body.len());
-    let sum = checksum(&header, patients.as_bytes(), r.body.as_bytes());
+    let header = format!("NARA {segment} {} {} {} {}", r.recorded_ms, r.event_id, patients.len(), e.packed.len());
+    let sum = checksum(&header, patients.as_bytes(), &e.packed);
     out.extend_from_slice(header.as_bytes());
     out.push(b' ');
     out.extend_from_slice(sum.as_bytes());
     out.push(b'\n');
     out.extend_from_slice(patients.as_bytes());
-    out.extend_from_slice(r.body.as_bytes());
+    out.extend_from_slice(&e.packed);
     out.push(b'\n');
 }
 
 /// Reads the record at the start of `bytes` if it is whole, valid and of
 /// `segment`; with the number of bytes it takes.
-fn parse(segment: i64, bytes: &[u8]) -> Option<(AuditRecord, usize)> {
+fn parse(segment: i64, bytes: &[u8]) -> Option<(Entry, usize)> {
     let newline = bytes.iter().take(512).position(|&b| b == b'\n')?;
     let line = std::str::from_utf8(&bytes[..newline]).ok()?;
     let (header, sum) = line.rsplit_once(' ')?;
@@ -297,8 +313,8 @@ fn parse(segment: i64, bytes: &[u8]) -> Option<(AuditRecord, usize)> {
         return None;
     }
     let patients: Vec<String> = serde_json::from_slice(patients).ok()?;
-    let body = String::from_utf8(body.to_vec()).ok()?;
-    Some((AuditRecord { event_id, recorded_ms, body, patients }, end + 1))
+    let record = AuditRecord { event_id, recorded_ms, body: super::audit_body::unpack(body).ok()?, patients };
+    Some((Entry { record, packed: body.to_vec() }, end + 1))
 }
 
 /// The journal thread's state.
@@ -322,43 +338,33 @@ impl Writer {
     fn run(mut self, mut requests: AuditRequests) {
         let mut buf = Vec::with_capacity(256 * 1024);
         while let Some(batch) = requests.blocking_next_batch() {
-            let result = self.write(&batch, &mut buf);
-            let records: Vec<AuditRecord> = match &result {
-                Ok(()) => batch.iter().flat_map(|(r, _)| r.iter().cloned()).collect(),
-                Err(_) => Vec::new(),
-            };
+            let (records, waiting): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let entries: Vec<Entry> = records.into_iter().flatten().map(Entry::new).collect();
+            let result = self.write(&entries, &mut buf);
             if result.is_ok() {
                 self.batch += 1;
                 let end = Position { segment: self.segment, offset: self.offset as i64 };
                 // The importer's receiver lives as long as the store; if it is gone, so are the callers.
-                let _ = self.durable.send(Durable { records, end, batch: self.batch });
+                let _ = self.durable.send(Durable { entries, end, batch: self.batch });
                 self.acknowledged.store(self.batch, Ordering::Release);
             }
-            for (_, done) in batch {
+            for done in waiting {
                 let _ = done.send(result.clone());
             }
         }
     }
 
     /// Writes one batch and syncs it.
-    fn write(&mut self, batch: &[audit_queue::AuditRequest], buf: &mut Vec<u8>) -> Result<(), String> {
+    fn write(&mut self, entries: &[Entry], buf: &mut Vec<u8>) -> Result<(), String> {
         if let Some(why) = &self.broken {
             return Err(why.clone());
         }
         buf.clear();
-        for (records, _) in batch {
-            for r in records {
-                encode(self.segment, r, buf);
-            }
-        }
+        entries.iter().for_each(|e| encode(self.segment, e, buf));
         if self.offset > 0 && self.offset + buf.len() as u64 > SEGMENT_BYTES {
             self.rotate().map_err(|e| format!("cannot open a new audit journal segment: {e}"))?;
             buf.clear();
-            for (records, _) in batch {
-                for r in records {
-                    encode(self.segment, r, buf);
-                }
-            }
+            entries.iter().for_each(|e| encode(self.segment, e, buf));
         }
         let Some(file) = &self.file else { return Err("the audit journal has no open segment".into()) };
         let written = file.write_all_at(buf, self.offset).and_then(|()| file.sync_data());
@@ -440,17 +446,18 @@ mod tests {
     #[test]
     fn records_read_back_and_a_torn_or_foreign_record_ends_the_segment() {
         let mut buf = Vec::new();
-        encode(7, &record(1), &mut buf);
-        encode(7, &record(2), &mut buf);
+        encode(7, &Entry::new(record(1)), &mut buf);
+        encode(7, &Entry::new(record(2)), &mut buf);
         let whole = buf.len();
-        encode(7, &record(3), &mut buf);
+        encode(7, &Entry::new(record(3)), &mut buf);
         buf.truncate(buf.len() - 5); // torn
         let (first, len) = parse(7, &buf).unwrap();
-        assert_eq!(first.event_id, "event-1");
-        assert_eq!(first.body, record(1).body);
-        assert_eq!(first.patients, vec!["Patient/p1"]);
+        assert_eq!(first.record.event_id, "event-1");
+        assert_eq!(first.record.body, record(1).body);
+        assert_eq!(first.record.patients, vec!["Patient/p1"]);
+        assert_eq!(first.packed, super::super::audit_body::pack(&record(1).body));
         let (second, len2) = parse(7, &buf[len..]).unwrap();
-        assert_eq!(second.recorded_ms, record(2).recorded_ms);
+        assert_eq!(second.record.recorded_ms, record(2).recorded_ms);
         assert_eq!(len + len2, whole);
         assert!(parse(7, &buf[whole..]).is_none(), "a torn record is not read");
         assert!(parse(8, &buf).is_none(), "a record of another segment (a reused file) is not read");
@@ -465,7 +472,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let folder = folder_of(&dir.path().join("a.db"));
         let Opened::Owned(recovery) = open(&folder, Position::default()).unwrap() else { panic!("held") };
-        assert!(recovery.records.is_empty());
+        assert!(recovery.entries.is_empty());
         let (journal, mut durable) = recovery.start().unwrap();
         journal.append(vec![record(1), record(2)]).await.unwrap();
         journal.append(vec![record(3)]).await.unwrap();
@@ -478,7 +485,7 @@ mod tests {
         // Wait for the thread to end and release the lock.
         for _ in 0..200 {
             if let Opened::Owned(again) = open(&folder, first.end).unwrap() {
-                let ids: Vec<_> = again.records.iter().map(|r| r.event_id.as_str()).collect();
+                let ids: Vec<_> = again.entries.iter().map(|e| e.record.event_id.as_str()).collect();
                 assert_eq!(ids, ["event-3"], "only what follows the imported position");
                 assert!(again.end > first.end);
                 let (journal, _durable) = again.start().unwrap();

@@ -276,8 +276,9 @@ async fn open_journal(
         }
     };
     if recovery.end != from {
-        let found = recovery.records.len();
-        import(writer, flush, &recovery.records, recovery.end).await?;
+        let found = recovery.entries.len();
+        let entries: Vec<&audit_journal::Entry> = recovery.entries.iter().collect();
+        import(writer, flush, &entries, recovery.end).await?;
         tracing::info!(entries = found, "imported audit entries from the journal after an unclean stop");
     }
     let started = tokio::task::spawn_blocking(move || recovery.start()).await?;
@@ -288,11 +289,11 @@ async fn open_journal(
 async fn import(
     writer: &Arc<Mutex<Writer>>,
     flush: &Arc<Notify>,
-    records: &[AuditRecord],
+    entries: &[&audit_journal::Entry],
     end: Position,
 ) -> StoreResult<()> {
     let mut tx = begin_on(writer, flush).await?;
-    tx.append_audit_rows(records).await?;
+    tx.append_audit_rows(entries).await?;
     tx.push(
         "UPDATE audit_journal SET segment = ?, offset = ? WHERE one = 1",
         [Arg::Int(end.segment), Arg::Int(end.offset)],
@@ -331,16 +332,19 @@ impl Importer {
                 pending.push(d);
             }
             let Some(writer) = self.writer.upgrade() else { return };
-            let records: Vec<AuditRecord> = pending.iter().flat_map(|d| d.records.iter().cloned()).collect();
+            let entries: Vec<&audit_journal::Entry> = pending.iter().flat_map(|d| &d.entries).collect();
             let (end, batch) = pending.last().map(|d| (d.end, d.batch)).expect("pending is not empty");
-            match import(&writer, &self.flush, &records, end).await {
+            let imported = import(&writer, &self.flush, &entries, end).await;
+            let count = entries.len();
+            drop(entries);
+            match imported {
                 Ok(()) => {
                     pending.clear();
                     self.imported.send_replace(batch);
                     self.progress.reached(end);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, entries = records.len(), "could not import audit entries from the journal; retrying");
+                    tracing::warn!(error = %e, entries = count, "could not import audit entries from the journal; retrying");
                     drop(writer);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -730,17 +734,18 @@ impl SqliteTx {
     /// Appends many audit entries (a journal import): multi-row inserts of a
     /// fixed size, each sent on its own so that the statement stays prepared
     /// (one text of thousands of statements would be parsed anew each time).
-    async fn append_audit_rows(&mut self, records: &[AuditRecord]) -> StoreResult<()> {
+    async fn append_audit_rows(&mut self, entries: &[&audit_journal::Entry]) -> StoreResult<()> {
         const ROWS: usize = 32;
-        if records.is_empty() {
+        if entries.is_empty() {
             return Ok(());
         }
         if self.audit_saved.is_none() {
             self.audit_saved = Some((self.guard.audit_seq, self.guard.audit_hash.clone()));
         }
-        for chunk in records.chunks(ROWS) {
+        for chunk in entries.chunks(ROWS) {
             let mut args = Vec::with_capacity(chunk.len() * 7);
-            for r in chunk {
+            for e in chunk {
+                let r = &e.record;
                 let seq = self.guard.audit_seq + 1;
                 let prev = std::mem::take(&mut self.guard.audit_hash);
                 let hash = super::audit_hash(&prev, seq, r.recorded_ms, &r.body);
@@ -749,7 +754,7 @@ impl SqliteTx {
                     Arg::Int(seq),
                     Arg::Text(r.event_id.clone()),
                     Arg::Int(r.recorded_ms),
-                    Arg::Blob(super::audit_body::pack(&r.body)),
+                    Arg::Blob(e.packed.clone()),
                     Arg::Text(prev),
                     Arg::Text(hash.clone()),
                     Arg::Text(patients),
