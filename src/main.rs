@@ -6,6 +6,9 @@ use clap::{Parser, Subcommand};
 
 /// mimalloc: the gateway allocates many small, short-lived JSON nodes per
 /// request; glibc malloc spent a quarter of the mapping benchmark's time.
+/// Built with `no_thp`: with transparent huge pages its arenas are touched in
+/// 2 MiB pages, and peak RSS under audited reads was 84 MB instead of 49 MB
+/// (same throughput).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
