@@ -215,12 +215,43 @@ pub fn mapping_uri(mapping: &Mapping) -> String {
 /// Shared resources already resolved in the current transaction: `(type, system|value)` → id.
 type Resolved = HashMap<(String, String), String>;
 
+/// Shared resources found before the transaction began: `(type, system|value)`
+/// → id and the organisations that could see it then.
+type Known = HashMap<(String, String), (String, String)>;
+
+/// Looks up the shared resources of `group` outside the write transaction
+/// (on the read connections, in parallel with other writers), so that the
+/// transaction — which holds the single writer on SQLite — only looks up
+/// what was not found. Resources are never removed, and a resource's
+/// organisations only grow, so what is found stays true. A failed lookup is
+/// left to the transaction.
+async fn look_up_shared(store: &Arc<dyn Store>, group: &[(usize, Prepared)]) -> Known {
+    let mut known = Known::new();
+    for (_, p) in group {
+        for r in &p.mapped.resources {
+            let Identity::Shared { system, value } = &r.identity else { continue };
+            let key = (r.resource_type.clone(), format!("{system}|{value}"));
+            if known.contains_key(&key) {
+                continue;
+            }
+            let (plan, _) = identifier_plan(&r.resource_type, system, value);
+            if let Ok(page) = store.search(&plan).await
+                && let Some(found) = page.rows.into_iter().find(|s| !s.deleted)
+            {
+                known.insert(key, (found.id, found.access.to_string()));
+            }
+        }
+    }
+    known
+}
+
 async fn write_record(
     tx: &mut dyn StoreTx,
     actor: &Actor,
     p: &Prepared,
     request: &str,
     resolved: &mut Resolved,
+    known: &Known,
 ) -> Result<(Status, Vec<String>), WriteError> {
     let m = &p.mapped;
     let source = m.source_system.as_str();
@@ -257,10 +288,11 @@ async fn write_record(
             Identity::Owned => (derived_id(&[source, &m.record_id, &r.key]), false),
             Identity::Shared { system, value } => {
                 let key = (r.resource_type.clone(), format!("{system}|{value}"));
-                let (id, exists) = match resolved.get(&key) {
+                let (id, exists) = match (resolved.get(&key), known.get(&key)) {
                     // Seen earlier in this transaction: it exists now (written or found then).
-                    Some(id) => (id.clone(), true),
-                    None => find_shared(tx, &r.resource_type, system, value).await?,
+                    (Some(id), _) => (id.clone(), true),
+                    (None, Some((id, _))) => (id.clone(), true),
+                    (None, None) => find_shared(tx, &r.resource_type, system, value).await?,
                 };
                 // The same shared resource twice in one record (a care unit that is also a participant).
                 let earlier = m
@@ -297,8 +329,12 @@ async fn write_record(
         let ty = r.resource_type.as_str();
         refs.push(format!("{ty}/{id}"));
         match (&r.identity, exists) {
-            (Identity::Shared { .. }, true) => {
-                if !crate::access::is_directory_type(ty) {
+            (Identity::Shared { system, value }, true) => {
+                // Already visible to every organisation of the record when looked up: nothing to grant.
+                let seen_by_all = known.get(&(ty.to_owned(), format!("{system}|{value}"))).is_some_and(|(kid, ka)| {
+                    kid == id && access.split(' ').all(|k| ka.split(' ').any(|have| have == k))
+                });
+                if !crate::access::is_directory_type(ty) && !seen_by_all {
                     let current = tx.current(ty, id).await?.map(|c| c.access).unwrap_or_default();
                     let merged = access.split(' ').fold(current.clone(), |a, key| store::access_with(&a, key));
                     if merged != current {
@@ -419,6 +455,21 @@ async fn find_shared(
     system: &str,
     value: &str,
 ) -> Result<(String, bool), store::StoreError> {
+    let (plan, derived) = identifier_plan(ty, system, value);
+    if let Some(found) = tx.find_ids(&plan).await?.into_iter().next() {
+        return Ok((found, true));
+    }
+    // Not found by identifier: the derived id, unless a resource already holds it
+    // (one whose identifier was changed since).
+    match tx.current(ty, &derived).await? {
+        Some(c) => Ok((derived, !c.deleted)),
+        None => Ok((derived, false)),
+    }
+}
+
+/// The search for a shared resource by identifier (HSA-ids under any of
+/// their systems), and the id it gets when it is new.
+fn identifier_plan(ty: &str, system: &str, value: &str) -> (SearchPlan, String) {
     let system = if HsaId::is_hsa_system(system) { crate::identity::HSA_ID_SYSTEM } else { system };
     let derived = derived_id(&[ty, system, value]);
     let systems: Vec<&str> = if system == crate::identity::HSA_ID_SYSTEM {
@@ -437,15 +488,7 @@ async fn find_shared(
             })
             .collect(),
     ));
-    if let Some(found) = tx.find_ids(&plan).await?.into_iter().next() {
-        return Ok((found, true));
-    }
-    // Not found by identifier: the derived id, unless a resource already holds it
-    // (one whose identifier was changed since).
-    match tx.current(ty, &derived).await? {
-        Some(c) => Ok((derived, !c.deleted)),
-        None => Ok((derived, false)),
-    }
+    (plan, derived)
 }
 
 /// Replaces every `urn:nara:key:…` string (references, attachment URLs) with `Type/id`.
@@ -572,12 +615,13 @@ async fn try_group(
     group: &[(usize, Prepared)],
     request: &str,
 ) -> Result<Vec<(usize, Receipt)>, ApiError> {
+    let known = look_up_shared(store, group).await;
     let mut tx = store.begin().await?;
     let mut receipts = Vec::with_capacity(group.len());
     let mut resolved = Resolved::new();
     for (index, p) in group {
         let record_id = Some(p.mapped.record_id.clone());
-        match write_record(tx.as_mut(), actor, p, request, &mut resolved).await {
+        match write_record(tx.as_mut(), actor, p, request, &mut resolved, &known).await {
             Ok((status, resources)) => {
                 receipts.push((*index, Receipt { record_id, status, resources, rejection: None }));
             }
