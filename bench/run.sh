@@ -20,7 +20,9 @@
 # per request, default 100, as lund-ehr). Prints Markdown tables and writes
 # bench-results/latest.json. Exits non-zero when any request failed.
 #
-# Environment: BENCH_DURATION (seconds per test), BENCH_TOKEN with BENCH_TOKEN_FIXED=1 (sent as
+# Environment: BENCH_TESTS (names of the tests to run, default all: read search
+# include create transfer ingest ingest_batch; one at a time on a fresh store
+# isolates a test from the background work the others leave), BENCH_DURATION (seconds per test), BENCH_TOKEN with BENCH_TOKEN_FIXED=1 (sent as
 # `Authorization: Bearer …`), BENCH_SEED, BENCH_CATEGORY (search.lua);
 # NARA_* variables reach the gateway (e.g. NARA_DATABASE__SQLITE_SYNCHRONOUS).
 set -Eeuo pipefail
@@ -192,6 +194,13 @@ run_wrk() {
   echo "$test $(status_kb VmRSS) $(status_kb VmHWM)" >>"$work/$scenario.rss"
 }
 
+all_tests="read search include create transfer ingest ingest_batch"
+for t in ${BENCH_TESTS:-}; do
+  [[ " $all_tests " == *" $t "* ]] || die "unknown test \`$t\` in BENCH_TESTS ($all_tests)"
+done
+# wanted TEST: whether BENCH_TESTS (default: all) names it.
+wanted() { [[ " ${BENCH_TESTS:-$all_tests} " == *" $1 "* ]]; }
+
 # scenario NAME PATIENTS OBS_PER_PATIENT
 scenario() {
   local name=$1 patients=$2 per=$3 db ids="$work/$1-ids.txt" t0 t1
@@ -210,13 +219,13 @@ scenario() {
   rss_after_seed=$(status_kb VmRSS)
   : >"$work/$name.tests"
   : >"$work/$name.rss"
-  run_wrk "$name" read read.lua "$ids"
-  run_wrk "$name" search search.lua "$ids"
-  BENCH_SEARCH_EXTRA="&_include=Observation:subject" run_wrk "$name" include search.lua "$ids"
-  run_wrk "$name" create create.lua "$ids"
-  run_wrk "$name" transfer transfer.lua "$ids"
-  run_wrk "$name" ingest ingest.lua "$ids" lund-ehr
-  run_wrk "$name" ingest_batch ingest_batch.lua "$ids" lund-ehr
+  wanted read && run_wrk "$name" read read.lua "$ids"
+  wanted search && run_wrk "$name" search search.lua "$ids"
+  wanted include && BENCH_SEARCH_EXTRA="&_include=Observation:subject" run_wrk "$name" include search.lua "$ids"
+  wanted create && run_wrk "$name" create create.lua "$ids"
+  wanted transfer && run_wrk "$name" transfer transfer.lua "$ids"
+  wanted ingest && run_wrk "$name" ingest ingest.lua "$ids" lund-ehr
+  wanted ingest_batch && run_wrk "$name" ingest_batch ingest_batch.lua "$ids" lund-ehr
   local hwm rss
   hwm=$(status_kb VmHWM)
   rss=$(status_kb VmRSS)
