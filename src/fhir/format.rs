@@ -211,12 +211,38 @@ pub fn content_type(format: Format) -> HeaderValue {
 
 /// RFC 7231 date for `Last-Modified`.
 pub fn http_date(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+    use chrono::{Datelike, Timelike};
+    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let t = chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
+    format!(
+        "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
+        DAYS[t.weekday().num_days_from_monday() as usize],
+        t.day(),
+        MONTHS[t.month0() as usize],
+        t.year(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
-/// FHIR instant text (`2026-11-23T17:45:00.123Z`) for `meta.lastUpdated`.
+/// FHIR instant text (`2026-11-23T17:45:00.123Z`) for `meta.lastUpdated`
+/// (written out directly: on every audit entry, chrono's format strings were
+/// parsed anew each time).
 pub fn instant(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    use chrono::{Datelike, Timelike};
+    let t = chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.timestamp_subsec_millis().min(999)
+    )
 }
 
 /// A JSON request body: content type checked (415), size limited (413), parsed strictly (400 with line, column and path).
@@ -277,6 +303,15 @@ pub fn parse_body(bytes: &[u8]) -> Result<Value, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instants_and_http_dates_match_their_formats() {
+        for ms in [0, 1, 999, 1_700_000_000_123, 1_709_164_800_000, 4_102_444_799_999, 951_782_400_000] {
+            let t = chrono::DateTime::from_timestamp_millis(ms).unwrap();
+            assert_eq!(instant(ms), t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(), "{ms}");
+            assert_eq!(http_date(ms), t.format("%a, %d %b %Y %H:%M:%S GMT").to_string(), "{ms}");
+        }
+    }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
