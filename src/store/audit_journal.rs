@@ -19,12 +19,14 @@
 //! of records:
 //!
 //! ```text
-//! NARA <segment> <recorded_ms> <event_id> <patients bytes> <body bytes> <checksum>\n
+//! NARA <journal id> <segment> <recorded_ms> <event_id> <patients bytes> <body bytes> <checksum>\n
 //! <patients JSON><body>\n
 //! ```
 //!
 //! The checksum (SHA-256, 16 hex digits) covers the header fields and both
-//! payloads, so a torn write is recognised and ends the journal. Segments
+//! payloads, so a torn write is recognised and ends the journal. The
+//! journal id is the database's (`audit_journal.journal_id`): records of a
+//! folder left behind by another database of the same name are not read. Segments
 //! that are fully imported are reused under a new number, which makes their
 //! `fdatasync` an overwrite (no file-size change to journal: 0.11 ms instead
 //! of 0.19 ms here); the segment number in every record keeps their old
@@ -141,15 +143,16 @@ pub(crate) enum Opened {
 /// A journal opened and read, not yet appending.
 pub(crate) struct Recovery {
     folder: PathBuf,
+    journal_id: String,
     lock: File,
     /// Entries found after the import position, in order, and where they end.
     pub entries: Vec<Entry>,
     pub end: Position,
 }
 
-/// Locks the folder and reads every record after `from` (the position the
-/// database says it has imported through).
-pub(crate) fn open(folder: &Path, from: Position) -> std::io::Result<Opened> {
+/// Locks the folder and reads every record of journal `journal_id` after
+/// `from` (the position the database says it has imported through).
+pub(crate) fn open(folder: &Path, journal_id: &str, from: Position) -> std::io::Result<Opened> {
     std::fs::create_dir_all(folder)?;
     let lock = OpenOptions::new().create(true).truncate(false).write(true).open(folder.join("lock"))?;
     match lock.try_lock() {
@@ -168,7 +171,7 @@ pub(crate) fn open(folder: &Path, from: Position) -> std::io::Result<Opened> {
         File::open(&path)?.read_to_end(&mut bytes)?;
         let Some(tail) = bytes.get(start as usize..) else { continue };
         let mut at = 0usize;
-        while let Some((entry, len)) = parse(number, &tail[at..]) {
+        while let Some((entry, len)) = parse(journal_id, number, &tail[at..]) {
             entries.push(entry);
             at += len;
         }
@@ -176,7 +179,7 @@ pub(crate) fn open(folder: &Path, from: Position) -> std::io::Result<Opened> {
             end = Position { segment: number, offset: start + at as i64 };
         }
     }
-    Ok(Opened::Owned(Recovery { folder: folder.to_owned(), lock, entries, end }))
+    Ok(Opened::Owned(Recovery { folder: folder.to_owned(), journal_id: journal_id.to_owned(), lock, entries, end }))
 }
 
 impl Recovery {
@@ -201,6 +204,7 @@ impl Recovery {
         let imported_segment = Arc::new(AtomicU64::new(next as u64));
         let mut writer = Writer {
             folder: self.folder,
+            journal_id: self.journal_id,
             spares,
             closed: Vec::new(),
             file: None,
@@ -272,10 +276,11 @@ fn checksum(header: &str, patients: &[u8], body: &[u8]) -> String {
 }
 
 /// Appends one record of segment `segment` to `out`.
-fn encode(segment: i64, e: &Entry, out: &mut Vec<u8>) {
+fn encode(journal_id: &str, segment: i64, e: &Entry, out: &mut Vec<u8>) {
     let r = &e.record;
     let patients = serde_json::to_string(&r.patients).unwrap_or_else(|_| "[]".into());
-    let header = format!("NARA {segment} {} {} {} {}", r.recorded_ms, r.event_id, patients.len(), e.packed.len());
+    let header =
+        format!("NARA {journal_id} {segment} {} {} {} {}", r.recorded_ms, r.event_id, patients.len(), e.packed.len());
     let sum = checksum(&header, patients.as_bytes(), &e.packed);
     out.extend_from_slice(header.as_bytes());
     out.push(b' ');
@@ -287,13 +292,13 @@ fn encode(segment: i64, e: &Entry, out: &mut Vec<u8>) {
 }
 
 /// Reads the record at the start of `bytes` if it is whole, valid and of
-/// `segment`; with the number of bytes it takes.
-fn parse(segment: i64, bytes: &[u8]) -> Option<(Entry, usize)> {
+/// `segment` of journal `journal_id`; with the number of bytes it takes.
+fn parse(journal_id: &str, segment: i64, bytes: &[u8]) -> Option<(Entry, usize)> {
     let newline = bytes.iter().take(512).position(|&b| b == b'\n')?;
     let line = std::str::from_utf8(&bytes[..newline]).ok()?;
     let (header, sum) = line.rsplit_once(' ')?;
     let mut fields = header.split(' ');
-    if fields.next()? != "NARA" || fields.next()?.parse::<i64>().ok()? != segment {
+    if fields.next()? != "NARA" || fields.next()? != journal_id || fields.next()?.parse::<i64>().ok()? != segment {
         return None;
     }
     let recorded_ms: i64 = fields.next()?.parse().ok()?;
@@ -320,6 +325,7 @@ fn parse(segment: i64, bytes: &[u8]) -> Option<(Entry, usize)> {
 /// The journal thread's state.
 struct Writer {
     folder: PathBuf,
+    journal_id: String,
     /// Imported segments to reuse, and segments closed but perhaps not imported yet.
     spares: Vec<PathBuf>,
     closed: Vec<(i64, PathBuf)>,
@@ -360,11 +366,11 @@ impl Writer {
             return Err(why.clone());
         }
         buf.clear();
-        entries.iter().for_each(|e| encode(self.segment, e, buf));
+        entries.iter().for_each(|e| encode(&self.journal_id, self.segment, e, buf));
         if self.offset > 0 && self.offset + buf.len() as u64 > SEGMENT_BYTES {
             self.rotate().map_err(|e| format!("cannot open a new audit journal segment: {e}"))?;
             buf.clear();
-            entries.iter().for_each(|e| encode(self.segment, e, buf));
+            entries.iter().for_each(|e| encode(&self.journal_id, self.segment, e, buf));
         }
         let Some(file) = &self.file else { return Err("the audit journal has no open segment".into()) };
         let written = file.write_all_at(buf, self.offset).and_then(|()| file.sync_data());
@@ -446,32 +452,33 @@ mod tests {
     #[test]
     fn records_read_back_and_a_torn_or_foreign_record_ends_the_segment() {
         let mut buf = Vec::new();
-        encode(7, &Entry::new(record(1)), &mut buf);
-        encode(7, &Entry::new(record(2)), &mut buf);
+        encode("j1", 7, &Entry::new(record(1)), &mut buf);
+        encode("j1", 7, &Entry::new(record(2)), &mut buf);
         let whole = buf.len();
-        encode(7, &Entry::new(record(3)), &mut buf);
+        encode("j1", 7, &Entry::new(record(3)), &mut buf);
         buf.truncate(buf.len() - 5); // torn
-        let (first, len) = parse(7, &buf).unwrap();
+        let (first, len) = parse("j1", 7, &buf).unwrap();
         assert_eq!(first.record.event_id, "event-1");
         assert_eq!(first.record.body, record(1).body);
         assert_eq!(first.record.patients, vec!["Patient/p1"]);
         assert_eq!(first.packed, super::super::audit_body::pack(&record(1).body));
-        let (second, len2) = parse(7, &buf[len..]).unwrap();
+        let (second, len2) = parse("j1", 7, &buf[len..]).unwrap();
         assert_eq!(second.record.recorded_ms, record(2).recorded_ms);
         assert_eq!(len + len2, whole);
-        assert!(parse(7, &buf[whole..]).is_none(), "a torn record is not read");
-        assert!(parse(8, &buf).is_none(), "a record of another segment (a reused file) is not read");
+        assert!(parse("j1", 7, &buf[whole..]).is_none(), "a torn record is not read");
+        assert!(parse("j1", 8, &buf).is_none(), "a record of another segment (a reused file) is not read");
+        assert!(parse("j2", 7, &buf).is_none(), "a record of another database's journal is not read");
         let mut flipped = buf[..len].to_vec();
         flipped[len - 3] ^= 1;
-        assert!(parse(7, &flipped).is_none(), "a changed byte fails the checksum");
-        assert!(parse(7, &[0u8; 64]).is_none());
+        assert!(parse("j1", 7, &flipped).is_none(), "a changed byte fails the checksum");
+        assert!(parse("j1", 7, &[0u8; 64]).is_none());
     }
 
     #[tokio::test]
     async fn acknowledged_entries_are_found_again_after_the_import_position() {
         let dir = tempfile::tempdir().unwrap();
         let folder = folder_of(&dir.path().join("a.db"));
-        let Opened::Owned(recovery) = open(&folder, Position::default()).unwrap() else { panic!("held") };
+        let Opened::Owned(recovery) = open(&folder, "j1", Position::default()).unwrap() else { panic!("held") };
         assert!(recovery.entries.is_empty());
         let (journal, mut durable) = recovery.start().unwrap();
         journal.append(vec![record(1), record(2)]).await.unwrap();
@@ -479,12 +486,12 @@ mod tests {
         let first = durable.recv().await.unwrap();
         assert_eq!(journal.acknowledged(), 2);
         // A second process cannot take the journal while this one holds it.
-        assert!(matches!(open(&folder, Position::default()).unwrap(), Opened::HeldElsewhere));
+        assert!(matches!(open(&folder, "j1", Position::default()).unwrap(), Opened::HeldElsewhere));
         drop(journal);
         drop(durable);
         // Wait for the thread to end and release the lock.
         for _ in 0..200 {
-            if let Opened::Owned(again) = open(&folder, first.end).unwrap() {
+            if let Opened::Owned(again) = open(&folder, "j1", first.end).unwrap() {
                 let ids: Vec<_> = again.entries.iter().map(|e| e.record.event_id.as_str()).collect();
                 assert_eq!(ids, ["event-3"], "only what follows the imported position");
                 assert!(again.end > first.end);

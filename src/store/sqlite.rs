@@ -49,6 +49,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "token_assertions", include_str!("../../migrations/sqlite/0006_token_assertions.sql")),
     (7, "audit_patient_deferred", include_str!("../../migrations/sqlite/0007_audit_patient_deferred.sql")),
     (8, "audit_journal", include_str!("../../migrations/sqlite/0008_audit_journal.sql")),
+    (9, "audit_journal_id", include_str!("../../migrations/sqlite/0009_audit_journal_id.sql")),
 ];
 
 pub struct SqliteStore {
@@ -260,13 +261,27 @@ async fn open_journal(
     flush: &Arc<Notify>,
 ) -> anyhow::Result<Option<(Journal, DurableBatches)>> {
     let folder = audit_journal::folder_of(database);
-    let row = sqlx::query("SELECT segment, offset FROM audit_journal WHERE one = 1")
-        .fetch_one(&mut writer.lock().await.conn)
-        .await?;
-    let from = Position { segment: row.try_get(0)?, offset: row.try_get(1)? };
+    let (from, journal_id) = {
+        let conn = &mut writer.lock().await.conn;
+        let row = sqlx::query("SELECT segment, offset, journal_id FROM audit_journal WHERE one = 1")
+            .fetch_one(&mut *conn)
+            .await?;
+        let mut journal_id: String = row.try_get(2)?;
+        if journal_id.is_empty() {
+            journal_id = uuid::Uuid::new_v4().simple().to_string();
+            sqlx::query("UPDATE audit_journal SET journal_id = ? WHERE one = 1 AND journal_id = ''")
+                .bind(&journal_id)
+                .execute(&mut *conn)
+                .await?;
+            let stored: String =
+                sqlx::query_scalar("SELECT journal_id FROM audit_journal WHERE one = 1").fetch_one(&mut *conn).await?;
+            journal_id = stored; // another process may have set it first
+        }
+        (Position { segment: row.try_get(0)?, offset: row.try_get(1)? }, journal_id)
+    };
     let opened = {
         let folder = folder.clone();
-        tokio::task::spawn_blocking(move || audit_journal::open(&folder, from)).await?
+        tokio::task::spawn_blocking(move || audit_journal::open(&folder, &journal_id, from)).await?
     };
     let recovery = match opened.map_err(|e| anyhow::anyhow!("audit journal {}: {e}", folder.display()))? {
         audit_journal::Opened::Owned(r) => r,
@@ -1364,6 +1379,35 @@ mod tests {
         assert_eq!(ids, expected, "every acknowledged entry, once, in order");
         store.append_audit(vec![entry(5)]).await.unwrap();
         assert_eq!(crate::audit::verify(&store).await.unwrap(), crate::audit::Verdict::Intact { entries: 5 });
+    }
+
+    #[tokio::test]
+    async fn a_journal_left_by_a_deleted_database_is_not_imported_into_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            DatabaseConfig { url: format!("sqlite://{}/t.db", dir.path().display()), ..DatabaseConfig::default() };
+        let store = SqliteStore::open(&config).await.unwrap();
+        store.append_audit(vec![entry(1), entry(2)]).await.unwrap();
+        drop(store);
+        for name in ["t.db", "t.db-wal", "t.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(name));
+        }
+        let folder = audit_journal::folder_of(&dir.path().join("t.db"));
+        assert!(std::fs::read_dir(&folder).unwrap().count() > 1, "the old journal is still there");
+        let mut reopened = None;
+        for _ in 0..200 {
+            let s = SqliteStore::open(&config).await.unwrap();
+            if s.journal.is_some() {
+                reopened = Some(s);
+                break;
+            }
+            drop(s);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let store = reopened.expect("the journal was released");
+        assert!(chain(&store).await.is_empty(), "the other database's entries stay out");
+        store.append_audit(vec![entry(3)]).await.unwrap();
+        assert_eq!(chain(&store).await, vec![entry(3).event_id]);
     }
 
     #[tokio::test]
