@@ -138,3 +138,72 @@ async fn sigterm_stops_the_gateway_cleanly() {
     let path = created.headers()["location"].to_str().unwrap().split("/fhir/").nth(1).unwrap().to_string();
     assert_eq!(client.get(format!("{addr2}/fhir/{path}")).send().await.unwrap().status(), 200);
 }
+
+/// Every read the gateway answered has its audit entry after a SIGKILL (on
+/// SQLite the entries of reads are in the audit journal until imported).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn answered_reads_keep_their_audit_entries_across_sigkill() {
+    let test_db = nara_gateway::test_support::TestDb::new().await.unwrap();
+    let db = test_db.url.clone();
+    let (mut child, addr) = start(&db, &[]).await;
+    let client = client_with(&cli_token("region-skane"));
+    let created = client
+        .post(format!("{addr}/fhir/Patient"))
+        .header("content-type", "application/fhir+json")
+        .body(patient_json("Läsaren", "191212121212"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let location = created.headers()["location"].to_str().unwrap().to_owned();
+    let id = location.split("/Patient/").nth(1).unwrap().split('/').next().unwrap().to_owned();
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..8 {
+        let (client, addr, id, answered, stop) =
+            (client.clone(), addr.clone(), id.clone(), answered.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match client.get(format!("{addr}/fhir/Patient/{id}")).send().await {
+                    Ok(resp) if resp.status() == 200 => {
+                        answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    child.start_kill().expect("SIGKILL");
+    child.wait().await.expect("the process ended");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        let _ = r.await;
+    }
+    let answered = answered.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(answered > 100, "the load produced reads ({answered})");
+
+    let (_child, addr2) = start(&db, &[]).await;
+    let admin = client_with(&cli_token("nara-admin"));
+    let mut url = format!("{addr2}/fhir/AuditEvent?patient=Patient/{id}&_count=1000");
+    let mut reads = 0;
+    loop {
+        let page: serde_json::Value = admin.get(&url).send().await.unwrap().json().await.unwrap();
+        let entries = page["entry"].as_array().cloned().unwrap_or_default();
+        reads += entries.iter().filter(|e| e["resource"]["subtype"][0]["code"] == "read").count();
+        let next = page["link"].as_array().and_then(|l| l.iter().find(|l| l["relation"] == "next")).cloned();
+        match next {
+            Some(n) if !entries.is_empty() => url = n["url"].as_str().unwrap().to_owned(),
+            _ => break,
+        }
+    }
+    assert!(reads >= answered, "{answered} reads answered before the crash, {reads} in the audit log");
+    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_nara-gateway"))
+        .args(["audit", "verify"])
+        .env("NARA_DATABASE__URL", &db)
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+}
