@@ -75,6 +75,10 @@ impl AppState {
             "mappings loaded"
         );
         let store = crate::store::open(&config.database).await?;
+        if let Some(e) = store.audit_unavailable() {
+            // Every answer needs its audit entry: serving without them would only answer 503s.
+            anyhow::bail!("database.url: {e}; only one gateway may serve a SQLite database");
+        }
         crate::subscriptions::spawn_worker(&store, config.subscriptions.clone());
         let added = crate::npo::seed(&store, &mappings.reference).await?;
         if added > 0 {

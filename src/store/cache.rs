@@ -216,6 +216,10 @@ impl Store for CachedStore {
     async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await
     }
+
+    fn audit_unavailable(&self) -> Option<super::StoreError> {
+        self.inner.audit_unavailable()
+    }
 }
 
 struct CachedTx {

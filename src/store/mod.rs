@@ -352,6 +352,11 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_assertion(&self, key: &str, expires_ms: i64, now_ms: i64) -> StoreResult<bool>;
     /// Cheap check that the database answers.
     async fn ping(&self) -> StoreResult<()>;
+    /// Why this process cannot append audit entries, if it cannot (on SQLite:
+    /// another process holds the database's audit journal). A server must not start so.
+    fn audit_unavailable(&self) -> Option<StoreError> {
+        None
+    }
 }
 
 /// A write transaction: everything in it becomes visible at once or not at all.

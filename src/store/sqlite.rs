@@ -602,6 +602,10 @@ impl Store for SqliteStore {
         sqlx::query("SELECT 1").execute(&self.readers).await.map_err(err)?;
         Ok(())
     }
+
+    fn audit_unavailable(&self) -> Option<StoreError> {
+        self.journal.is_none().then(audit_journal::held_elsewhere_error)
+    }
 }
 
 /// How often new audit entries are added to the patient index, and at most

@@ -207,3 +207,29 @@ async fn answered_reads_keep_their_audit_entries_across_sigkill() {
         .unwrap();
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
 }
+
+/// A second gateway on the same SQLite file refuses to start (it could not
+/// write audit entries: the first one holds the audit journal).
+#[tokio::test]
+async fn a_second_gateway_on_the_same_sqlite_file_refuses_to_start() {
+    let test_db = nara_gateway::test_support::TestDb::new().await.unwrap();
+    if !test_db.url.starts_with("sqlite:") {
+        return; // PostgreSQL serves any number of gateways (tests/api/replicas.rs)
+    }
+    let (_first, addr) = start(&test_db.url, &[]).await;
+    let second = Command::new(env!("CARGO_BIN_EXE_nara-gateway"))
+        .arg("serve")
+        .env("NARA_SERVER__LISTEN", "127.0.0.1:0")
+        .env("NARA_DATABASE__URL", &test_db.url)
+        .env("NARA_SERVER__TLS__ENABLED", "false")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), second).await.expect("it stops").unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("only one gateway may serve a SQLite database"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
+    // The first one still serves.
+    let health = reqwest::get(format!("{addr}/health/ready")).await.unwrap();
+    assert_eq!(health.status(), 200);
+}
