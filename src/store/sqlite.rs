@@ -727,27 +727,36 @@ impl SqliteTx {
         if self.audit_saved.is_none() {
             self.audit_saved = Some((self.guard.audit_seq, self.guard.audit_hash.clone()));
         }
+        let row = self.chain_row(r, super::audit_body::pack(&r.body));
+        self.push(&format!("{AUDIT_INSERT} (?, ?, ?, ?, ?, ?, ?)"), row);
+        self.push_audit_head();
+    }
+
+    /// The next entry of the hash chain: its `audit_log` row (in
+    /// [`AUDIT_INSERT`]'s column order), with the chain head moved on to it.
+    fn chain_row(&mut self, r: &AuditRecord, packed_body: Vec<u8>) -> [Arg; 7] {
         let seq = self.guard.audit_seq + 1;
         let prev = std::mem::take(&mut self.guard.audit_hash);
         let hash = super::audit_hash(&prev, seq, r.recorded_ms, &r.body);
         // The patient index follows in the background (see `audit_indexer`).
         let patients = serde_json::to_string(&r.patients).unwrap_or_else(|_| "[]".into());
-        self.push(
-            "INSERT INTO audit_log (seq, event_id, recorded_ms, body, prev_hash, hash, patients) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                Arg::Int(seq),
-                Arg::Text(r.event_id.clone()),
-                Arg::Int(r.recorded_ms),
-                Arg::Blob(super::audit_body::pack(&r.body)),
-                Arg::Text(prev),
-                Arg::Text(hash.clone()),
-                Arg::Text(patients),
-            ],
-        );
-        self.push("UPDATE audit_head SET seq = ?, hash = ? WHERE one = 1", [Arg::Int(seq), Arg::Text(hash.clone())]);
         self.guard.audit_seq = seq;
-        self.guard.audit_hash = hash;
+        self.guard.audit_hash = hash.clone();
+        [
+            Arg::Int(seq),
+            Arg::Text(r.event_id.clone()),
+            Arg::Int(r.recorded_ms),
+            Arg::Blob(packed_body),
+            Arg::Text(prev),
+            Arg::Text(hash),
+            Arg::Text(patients),
+        ]
+    }
+
+    /// Records the chain head as it is now.
+    fn push_audit_head(&mut self) {
+        let head = [Arg::Int(self.guard.audit_seq), Arg::Text(self.guard.audit_hash.clone())];
+        self.push("UPDATE audit_head SET seq = ?, hash = ? WHERE one = 1", head);
     }
 
     /// Appends many audit entries (a journal import): multi-row inserts of a
@@ -764,34 +773,13 @@ impl SqliteTx {
         for chunk in entries.chunks(ROWS) {
             let mut args = Vec::with_capacity(chunk.len() * 7);
             for e in chunk {
-                let r = &e.record;
-                let seq = self.guard.audit_seq + 1;
-                let prev = std::mem::take(&mut self.guard.audit_hash);
-                let hash = super::audit_hash(&prev, seq, r.recorded_ms, &r.body);
-                let patients = serde_json::to_string(&r.patients).unwrap_or_else(|_| "[]".into());
-                args.extend([
-                    Arg::Int(seq),
-                    Arg::Text(r.event_id.clone()),
-                    Arg::Int(r.recorded_ms),
-                    Arg::Blob(e.packed.clone()),
-                    Arg::Text(prev),
-                    Arg::Text(hash.clone()),
-                    Arg::Text(patients),
-                ]);
-                self.guard.audit_seq = seq;
-                self.guard.audit_hash = hash;
+                args.extend(self.chain_row(&e.record, e.packed.clone()));
             }
             let rows = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
-            self.push(
-                &format!(
-                    "INSERT INTO audit_log (seq, event_id, recorded_ms, body, prev_hash, hash, patients) VALUES {rows}"
-                ),
-                args,
-            );
+            self.push(&format!("{AUDIT_INSERT} {rows}"), args);
             self.send().await?;
         }
-        let head = [Arg::Int(self.guard.audit_seq), Arg::Text(self.guard.audit_hash.clone())];
-        self.push("UPDATE audit_head SET seq = ?, hash = ? WHERE one = 1", head);
+        self.push_audit_head();
         Ok(())
     }
 
@@ -1222,6 +1210,9 @@ const INDEX_TABLES: [IndexTable; 7] = [
     IndexTable::Uri,
 ];
 
+/// An `audit_log` insert, up to its rows (see `SqliteTx::chain_row`).
+const AUDIT_INSERT: &str = "INSERT INTO audit_log (seq, event_id, recorded_ms, body, prev_hash, hash, patients) VALUES";
+
 /// Longest buffered write text kept prepared in the statement cache.
 const CACHED_WRITE_TEXT: usize = 8 * 1024;
 
@@ -1351,6 +1342,19 @@ mod tests {
         }
     }
 
+    /// Opens the store again once the dropped one has let go of its journal.
+    async fn reopen(config: &DatabaseConfig) -> SqliteStore {
+        for _ in 0..200 {
+            let s = SqliteStore::open(config).await.unwrap();
+            if s.journal.is_some() {
+                return s;
+            }
+            drop(s);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the journal was not released");
+    }
+
     async fn chain(store: &SqliteStore) -> Vec<String> {
         store.audit_chain(0, 1000).await.unwrap().into_iter().map(|r| r.event_id).collect()
     }
@@ -1367,17 +1371,7 @@ mod tests {
         store.append_audit(vec![entry(3)]).await.unwrap();
         store.append_audit(vec![entry(4)]).await.unwrap();
         drop(store);
-        let mut reopened = None;
-        for _ in 0..200 {
-            let s = SqliteStore::open(&config).await.unwrap();
-            if s.journal.is_some() {
-                reopened = Some(s);
-                break;
-            }
-            drop(s);
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let store = reopened.expect("the journal was released");
+        let store = reopen(&config).await;
         let ids = chain(&store).await;
         let expected: Vec<String> = (1..=4).map(|n| entry(n).event_id).collect();
         assert_eq!(ids, expected, "every acknowledged entry, once, in order");
@@ -1398,17 +1392,7 @@ mod tests {
         }
         let folder = audit_journal::folder_of(&dir.path().join("t.db"));
         assert!(std::fs::read_dir(&folder).unwrap().count() > 1, "the old journal is still there");
-        let mut reopened = None;
-        for _ in 0..200 {
-            let s = SqliteStore::open(&config).await.unwrap();
-            if s.journal.is_some() {
-                reopened = Some(s);
-                break;
-            }
-            drop(s);
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let store = reopened.expect("the journal was released");
+        let store = reopen(&config).await;
         assert!(chain(&store).await.is_empty(), "the other database's entries stay out");
         store.append_audit(vec![entry(3)]).await.unwrap();
         assert_eq!(chain(&store).await, vec![entry(3).event_id]);
@@ -1434,9 +1418,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn journal_segments_roll_over_and_are_reused() {
         let (dir, store) = store().await;
-        // Bodies of 256 KiB: a 16 MiB segment holds about 64 of them.
-        let big = "x".repeat(256 * 1024);
-        for n in 0..200 {
+        // Bodies of 256 KiB that do not compress (random hex): a 16 MiB segment
+        // holds about 64, so 440 of them fill seven segments, more than are kept.
+        // (LZ4 looks back 64 KiB at most: one random block repeated across entries stays incompressible.)
+        let big: String = (0..8192).map(|_| uuid::Uuid::new_v4().simple().to_string()).collect();
+        for n in 0..440 {
             let mut e = entry(n);
             e.body = format!(r#"{{"resourceType":"AuditEvent","id":"e{n}","pad":"{big}"}}"#);
             store.append_audit(vec![e]).await.unwrap();
@@ -1444,13 +1430,15 @@ mod tests {
                 store.audit_head().await.unwrap(); // lets the importer catch up
             }
         }
-        assert_eq!(store.audit_head().await.unwrap().0, 200);
+        assert_eq!(store.audit_head().await.unwrap().0, 440);
         let folder = audit_journal::folder_of(&dir.path().join("t.db"));
-        let segments = std::fs::read_dir(&folder)
+        let numbers: Vec<u64> = std::fs::read_dir(&folder)
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".journal"))
-            .count();
+            .filter_map(|e| e.unwrap().file_name().to_string_lossy().strip_suffix(".journal")?.parse().ok())
+            .collect();
+        assert!(numbers.iter().any(|&n| n >= 7), "110 MiB of entries went through seven segments: {numbers:?}");
+        let segments = numbers.len();
         assert!(segments <= 5, "imported segments are reused or removed, not kept: {segments}");
-        assert_eq!(crate::audit::verify(store.as_ref()).await.unwrap(), crate::audit::Verdict::Intact { entries: 200 });
+        assert_eq!(crate::audit::verify(store.as_ref()).await.unwrap(), crate::audit::Verdict::Intact { entries: 440 });
     }
 }
