@@ -35,6 +35,29 @@ pub fn client_with(token: &str) -> reqwest::Client {
     reqwest::Client::builder().default_headers(headers).build().unwrap()
 }
 
+/// Runs `nara-gateway audit verify` on `db` and asserts the chain is intact.
+pub fn assert_audit_verifies(db: &str) {
+    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_nara-gateway"))
+        .args(["audit", "verify"])
+        .env("NARA_DATABASE__URL", db)
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+}
+
+/// Creates a Patient named `family` and returns the answer (201 asserted).
+async fn create_patient(client: &reqwest::Client, addr: &str, family: &str) -> reqwest::Response {
+    let created = client
+        .post(format!("{addr}/fhir/Patient"))
+        .header("content-type", "application/fhir+json")
+        .body(patient_json(family, "191212121212"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    created
+}
+
 /// Starts the gateway binary on `db` (with extra `NARA_*` settings) and returns it with its address.
 pub async fn start(db: &str, env: &[(&str, &str)]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_nara-gateway"))
@@ -121,14 +144,7 @@ async fn sigterm_stops_the_gateway_cleanly() {
     let db = test_db.url.clone();
     let (mut child, addr) = start(&db, &[]).await;
     let client = client_with(&cli_token("region-skane"));
-    let created = client
-        .post(format!("{addr}/fhir/Patient"))
-        .header("content-type", "application/fhir+json")
-        .body(patient_json("Term", "191212121212"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+    let created = create_patient(&client, &addr, "Term").await;
     let pid = child.id().expect("running").to_string();
     let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
     assert!(killed.success());
@@ -147,14 +163,7 @@ async fn answered_reads_keep_their_audit_entries_across_sigkill() {
     let db = test_db.url.clone();
     let (mut child, addr) = start(&db, &[]).await;
     let client = client_with(&cli_token("region-skane"));
-    let created = client
-        .post(format!("{addr}/fhir/Patient"))
-        .header("content-type", "application/fhir+json")
-        .body(patient_json("Läsaren", "191212121212"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+    let created = create_patient(&client, &addr, "Läsaren").await;
     let location = created.headers()["location"].to_str().unwrap().to_owned();
     let id = location.split("/Patient/").nth(1).unwrap().split('/').next().unwrap().to_owned();
     let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -200,12 +209,7 @@ async fn answered_reads_keep_their_audit_entries_across_sigkill() {
         }
     }
     assert!(reads >= answered, "{answered} reads answered before the crash, {reads} in the audit log");
-    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_nara-gateway"))
-        .args(["audit", "verify"])
-        .env("NARA_DATABASE__URL", &db)
-        .output()
-        .unwrap();
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    assert_audit_verifies(&db);
 }
 
 /// A second gateway on the same SQLite file refuses to start (it could not

@@ -203,10 +203,5 @@ async fn two_replicas_on_one_database_behave_as_one() {
     assert_eq!(token_at(&b).await.unwrap().status(), StatusCode::UNAUTHORIZED, "the replay at the other replica");
 
     // Everything both replicas audited is one chain that verifies.
-    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_nara-gateway"))
-        .args(["audit", "verify"])
-        .env("NARA_DATABASE__URL", &db.url)
-        .output()
-        .unwrap();
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    crate::crash::assert_audit_verifies(&db.url);
 }
