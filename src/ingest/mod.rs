@@ -215,6 +215,11 @@ pub fn mapping_uri(mapping: &Mapping) -> String {
 /// Shared resources already resolved in the current transaction: `(type, system|value)` → id.
 type Resolved = HashMap<(String, String), String>;
 
+/// The key of a shared resource in [`Resolved`] and [`Known`].
+fn shared_key(ty: &str, system: &str, value: &str) -> (String, String) {
+    (ty.to_owned(), format!("{system}|{value}"))
+}
+
 /// Shared resources found before the transaction began: `(type, system|value)`
 /// → id and the organisations that could see it then.
 type Known = HashMap<(String, String), (String, String)>;
@@ -230,7 +235,7 @@ async fn look_up_shared(store: &Arc<dyn Store>, group: &[(usize, Prepared)]) -> 
     for (_, p) in group {
         for r in &p.mapped.resources {
             let Identity::Shared { system, value } = &r.identity else { continue };
-            let key = (r.resource_type.clone(), format!("{system}|{value}"));
+            let key = shared_key(&r.resource_type, system, value);
             if known.contains_key(&key) {
                 continue;
             }
@@ -287,7 +292,7 @@ async fn write_record(
         let (id, exists) = match &r.identity {
             Identity::Owned => (derived_id(&[source, &m.record_id, &r.key]), false),
             Identity::Shared { system, value } => {
-                let key = (r.resource_type.clone(), format!("{system}|{value}"));
+                let key = shared_key(&r.resource_type, system, value);
                 let (id, exists) = match (resolved.get(&key), known.get(&key)) {
                     // Seen earlier in this transaction: it exists now (written or found then).
                     (Some(id), _) => (id.clone(), true),
@@ -331,7 +336,7 @@ async fn write_record(
         match (&r.identity, exists) {
             (Identity::Shared { system, value }, true) => {
                 // Already visible to every organisation of the record when looked up: nothing to grant.
-                let seen_by_all = known.get(&(ty.to_owned(), format!("{system}|{value}"))).is_some_and(|(kid, ka)| {
+                let seen_by_all = known.get(&shared_key(ty, system, value)).is_some_and(|(kid, ka)| {
                     kid == id && access.split(' ').all(|k| ka.split(' ').any(|have| have == k))
                 });
                 if !crate::access::is_directory_type(ty) && !seen_by_all {
@@ -400,7 +405,7 @@ async fn write_record(
 
     for (r, (id, _)) in m.resources.iter().zip(&targets) {
         if let Identity::Shared { system, value } = &r.identity {
-            resolved.insert((r.resource_type.clone(), format!("{system}|{value}")), id.clone());
+            resolved.insert(shared_key(&r.resource_type, system, value), id.clone());
         }
     }
     let status = if previous.is_some() || any_updated { Status::Updated } else { Status::Created };
