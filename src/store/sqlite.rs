@@ -8,6 +8,14 @@
 //! one durable sync for every transaction that finished meanwhile — and only
 //! then are their callers told they succeeded. A transaction that fails or is
 //! dropped is rolled back to its savepoint and takes nobody else with it.
+//!
+//! Writes inside a logical transaction say `OR FAIL`: a failing statement
+//! then leaves its earlier rows for the savepoint's rollback to undo, so
+//! SQLite opens no statement journal for it. With the default `ABORT`, every
+//! multi-row statement opened one, and closing it walks the in-memory
+//! sub-journal, which holds every page the savepoint has touched — quadratic
+//! in the size of the transaction (a batch of 100 ingested records spent
+//! most of its time there).
 
 use std::{
     path::Path,
@@ -692,7 +700,7 @@ impl SqliteTx {
     fn push_version(&mut self, ty: &str, id: &str, version: i64, at_ms: i64, method: &str, body: &str, deleted: bool) {
         let key = || [Arg::Text(ty.to_owned()), Arg::Text(id.to_owned())];
         self.push(
-            "INSERT INTO versions (res_type, res_id, version, last_updated_ms, deleted, method, body) \
+            "INSERT OR FAIL INTO versions (res_type, res_id, version, last_updated_ms, deleted, method, body) \
              VALUES (?, ?, ?, ?, ?, ?, ?)",
             key().into_iter().chain([
                 Arg::Int(version),
@@ -703,7 +711,7 @@ impl SqliteTx {
             ]),
         );
         self.push(
-            "INSERT INTO resources (res_type, res_id, version, vid, last_updated_ms, deleted) \
+            "INSERT OR FAIL INTO resources (res_type, res_id, version, vid, last_updated_ms, deleted) \
              VALUES (?, ?, ?, last_insert_rowid(), ?, ?) \
              ON CONFLICT (res_type, res_id) DO UPDATE SET version = excluded.version, vid = excluded.vid, \
              last_updated_ms = excluded.last_updated_ms, deleted = excluded.deleted",
@@ -756,7 +764,7 @@ impl SqliteTx {
     /// Records the chain head as it is now.
     fn push_audit_head(&mut self) {
         let head = [Arg::Int(self.guard.audit_seq), Arg::Text(self.guard.audit_hash.clone())];
-        self.push("UPDATE audit_head SET seq = ?, hash = ? WHERE one = 1", head);
+        self.push("UPDATE OR FAIL audit_head SET seq = ?, hash = ? WHERE one = 1", head);
     }
 
     /// Appends many audit entries (a journal import): multi-row inserts of a
@@ -891,7 +899,7 @@ impl StoreTx for SqliteTx {
         }
         self.push_version(v.ty, v.id, v.version, v.last_updated_ms, v.method, v.body, false);
         self.push(
-            "UPDATE resources SET access = ?, patients = ? WHERE res_type = ? AND res_id = ?",
+            "UPDATE OR FAIL resources SET access = ?, patients = ? WHERE res_type = ? AND res_id = ?",
             [
                 Arg::Text(v.access.to_owned()),
                 Arg::Text(v.patients.to_owned()),
@@ -933,7 +941,7 @@ impl StoreTx for SqliteTx {
     async fn grant(&mut self, ty: &str, id: &str, access: &str) -> StoreResult<()> {
         let key = || [Arg::Text(ty.to_owned()), Arg::Text(id.to_owned())];
         self.push(
-            "UPDATE resources SET access = ? WHERE res_type = ? AND res_id = ?",
+            "UPDATE OR FAIL resources SET access = ? WHERE res_type = ? AND res_id = ?",
             std::iter::once(Arg::Text(access.to_owned())).chain(key()),
         );
         self.push(
@@ -942,7 +950,7 @@ impl StoreTx for SqliteTx {
         );
         for org in access.split(' ').filter(|o| !o.is_empty()) {
             self.push(
-                "INSERT INTO idx_token (rid, param, system, code, text_norm) \
+                "INSERT OR FAIL INTO idx_token (rid, param, system, code, text_norm) \
                  SELECT rid, ?, NULL, ?, NULL FROM resources WHERE res_type = ? AND res_id = ? AND deleted = 0",
                 [Arg::Text(ACCESS_PARAM.into()), Arg::Text(org.to_owned())].into_iter().chain(key()),
             );
@@ -1161,8 +1169,12 @@ impl StoreTx for SqliteTx {
     async fn put_ingest_record(&mut self, r: &IngestRecord) -> StoreResult<()> {
         let opt = |s: &Option<String>| s.as_ref().map_or(Arg::Null, |s| Arg::Text(s.clone()));
         self.push(
-            "INSERT OR REPLACE INTO ingest_records (source_system, record_id, mapping, content_hash, resources, \
-             municipality, info_type, first_ms, last_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR FAIL INTO ingest_records (source_system, record_id, mapping, content_hash, resources, \
+             municipality, info_type, first_ms, last_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (source_system, record_id) DO UPDATE SET mapping = excluded.mapping, \
+             content_hash = excluded.content_hash, resources = excluded.resources, \
+             municipality = excluded.municipality, info_type = excluded.info_type, first_ms = excluded.first_ms, \
+             last_ms = excluded.last_ms",
             [
                 Arg::Text(r.source_system.clone()),
                 Arg::Text(r.record_id.clone()),
@@ -1211,7 +1223,8 @@ const INDEX_TABLES: [IndexTable; 7] = [
 ];
 
 /// An `audit_log` insert, up to its rows (see `SqliteTx::chain_row`).
-const AUDIT_INSERT: &str = "INSERT INTO audit_log (seq, event_id, recorded_ms, body, prev_hash, hash, patients) VALUES";
+const AUDIT_INSERT: &str =
+    "INSERT OR FAIL INTO audit_log (seq, event_id, recorded_ms, body, prev_hash, hash, patients) VALUES";
 
 /// Longest buffered write text kept prepared in the statement cache.
 const CACHED_WRITE_TEXT: usize = 8 * 1024;
@@ -1225,7 +1238,7 @@ fn index_insert(table: IndexTable, ty: &str, id: &str, rows: &[(&str, Vec<Arg>)]
     let width = rows.first().map_or(0, |(_, c)| c.len());
     let columns: Vec<String> = (2..=width + 1).map(|i| format!("v.column{i}")).collect();
     let mut text = format!(
-        "INSERT INTO {} SELECT r.rid, v.column1, {} FROM resources r, (VALUES ",
+        "INSERT OR FAIL INTO {} SELECT r.rid, v.column1, {} FROM resources r, (VALUES ",
         table.name(),
         columns.join(", ")
     );
