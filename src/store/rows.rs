@@ -11,11 +11,9 @@ use super::{
     sql::{self as sqlgen, CursorKind},
 };
 
-/// What a backend's rows must decode: 64-bit integers, doubles and text, by position.
-pub(crate) trait SqlRow: Row
-where
-    usize: ColumnIndex<Self>,
-{
+/// What a backend's rows must decode: 64-bit integers, doubles and text, by
+/// position. Implemented for sqlx's rows and for the SQLite writer's rusqlite rows.
+pub(crate) trait SqlRow {
     fn int(&self, i: usize) -> Result<i64, sqlx::Error>;
     fn real(&self, i: usize) -> Result<f64, sqlx::Error>;
     fn text(&self, i: usize) -> Result<String, sqlx::Error>;
@@ -82,10 +80,7 @@ pub(crate) fn method_name(m: &str) -> &'static str {
 }
 
 /// Reads a row selected with [`super::sql::ROW_COLUMNS`].
-pub(crate) fn stored<R: SqlRow>(row: &R) -> Result<Stored, sqlx::Error>
-where
-    usize: ColumnIndex<R>,
-{
+pub(crate) fn stored<R: SqlRow>(row: &R) -> Result<Stored, sqlx::Error> {
     Ok(Stored {
         rid: row.int(0)?,
         ty: row.text(1)?,
@@ -103,10 +98,7 @@ where
 /// The columns of the transfers table, in [`transfer_row`]'s order.
 pub(crate) const TRANSFER_COLUMNS: &str = "task_id, document_id, binary_id, sender_key, recipient_key, patient, doc_type, content_hash, status, created_ms, updated_ms, duplicate_of";
 
-pub(crate) fn transfer_row<R: SqlRow>(r: &R) -> Result<TransferRow, sqlx::Error>
-where
-    usize: ColumnIndex<R>,
-{
+pub(crate) fn transfer_row<R: SqlRow>(r: &R) -> Result<TransferRow, sqlx::Error> {
     Ok(TransferRow {
         task_id: r.text(0)?,
         document_id: r.text(1)?,
@@ -126,10 +118,7 @@ where
 /// The columns of the audit log, in [`audit_row`]'s order.
 pub(crate) const AUDIT_COLUMNS: &str = "seq, event_id, recorded_ms, body, prev_hash, hash";
 
-pub(crate) fn audit_row<R: SqlRow>(r: &R) -> Result<AuditRow, sqlx::Error>
-where
-    usize: ColumnIndex<R>,
-{
+pub(crate) fn audit_row<R: SqlRow>(r: &R) -> Result<AuditRow, sqlx::Error> {
     Ok(AuditRow {
         seq: r.int(0)?,
         event_id: r.text(1)?,
@@ -145,10 +134,7 @@ pub(crate) const OBSERVED_QUERY: &str = "SELECT municipality, info_type, COUNT(*
      WHERE last_ms >= ? AND info_type IS NOT NULL AND municipality IS NOT NULL \
      GROUP BY municipality, info_type ORDER BY municipality, info_type";
 
-pub(crate) fn observed<R: SqlRow>(r: &R) -> Result<Observed, sqlx::Error>
-where
-    usize: ColumnIndex<R>,
-{
+pub(crate) fn observed<R: SqlRow>(r: &R) -> Result<Observed, sqlx::Error> {
     Ok(Observed {
         municipality: r.text(0)?,
         info_type: r.text(1)?,
@@ -160,10 +146,7 @@ where
 pub(crate) const NPO_ORGANIZATION_QUERY: &str = "SELECT code, name, delregion, hsa_id, organisationsnummer, is_region, \
      updated_ms, updated_by FROM npo_organizations ORDER BY is_region, code";
 
-pub(crate) fn npo_organization<R: SqlRow>(r: &R) -> Result<NpoOrganization, sqlx::Error>
-where
-    usize: ColumnIndex<R>,
-{
+pub(crate) fn npo_organization<R: SqlRow>(r: &R) -> Result<NpoOrganization, sqlx::Error> {
     Ok(NpoOrganization {
         code: r.text(0)?,
         name: r.text(1)?,
@@ -185,10 +168,7 @@ pub(crate) fn npo_statements_query(all: bool) -> String {
     )
 }
 
-pub(crate) fn npo_statement<R: SqlRow>(r: &R) -> Result<NpoStatement, sqlx::Error>
-where
-    usize: ColumnIndex<R>,
-{
+pub(crate) fn npo_statement<R: SqlRow>(r: &R) -> Result<NpoStatement, sqlx::Error> {
     Ok(NpoStatement {
         seq: r.int(0)?,
         code: r.text(1)?,
@@ -205,10 +185,7 @@ where
 pub(crate) const SUBSCRIPTION_QUERY: &str = "SELECT sub_id, owner_key, criteria, endpoint, payload, headers, status, \
      failing_since FROM subscriptions WHERE status IN ('active', 'error') ORDER BY sub_id";
 
-pub(crate) fn subscription<R: SqlRow>(r: &R) -> Result<SubscriptionRow, sqlx::Error>
-where
-    usize: ColumnIndex<R>,
-{
+pub(crate) fn subscription<R: SqlRow>(r: &R) -> Result<SubscriptionRow, sqlx::Error> {
     Ok(SubscriptionRow {
         sub_id: r.text(0)?,
         owner_key: r.text(1)?,
@@ -222,10 +199,7 @@ where
 }
 
 /// Reads a notification row: `event_id, sub_id, resource, version, created_ms, attempts`.
-pub(crate) fn notification<R: SqlRow>(r: &R) -> Result<super::Notification, sqlx::Error>
-where
-    usize: ColumnIndex<R>,
-{
+pub(crate) fn notification<R: SqlRow>(r: &R) -> Result<super::Notification, sqlx::Error> {
     Ok(super::Notification {
         event_id: r.text(0)?,
         sub_id: r.text(1)?,
@@ -238,10 +212,7 @@ where
 
 /// Splits a page query's rows (one look-ahead row beyond the page) into the
 /// page and the cursor where the next page starts.
-pub(crate) fn page<R: SqlRow>(rows: &[R], plan: &SearchPlan) -> Result<(Vec<Stored>, Option<Cursor>), sqlx::Error>
-where
-    usize: ColumnIndex<R>,
-{
+pub(crate) fn page<R: SqlRow>(rows: &[R], plan: &SearchPlan) -> Result<(Vec<Stored>, Option<Cursor>), sqlx::Error> {
     let mut out = Vec::with_capacity(rows.len().min(plan.count));
     let mut next = None;
     for (i, row) in rows.iter().enumerate() {
@@ -267,10 +238,7 @@ where
 
 /// A history page from rows selected by [`super::sql::history_query`] (one
 /// look-ahead row beyond `count`): the versions, and where the next page starts.
-pub(crate) fn history_page<R: SqlRow>(rows: &[R], count: usize) -> Result<super::HistoryPage, sqlx::Error>
-where
-    usize: ColumnIndex<R>,
-{
+pub(crate) fn history_page<R: SqlRow>(rows: &[R], count: usize) -> Result<super::HistoryPage, sqlx::Error> {
     let mut page = super::HistoryPage::default();
     for row in rows.iter().take(count) {
         let mut s = stored(row)?;

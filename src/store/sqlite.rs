@@ -9,6 +9,14 @@
 //! then are their callers told they succeeded. A transaction that fails or is
 //! dropped is rolled back to its savepoint and takes nobody else with it.
 //!
+//! The writer is a rusqlite connection called directly by the task that
+//! holds it: a statement costs microseconds, and handing each one to a
+//! connection thread of its own (as sqlx does) cost two thread wake-ups per
+//! statement, which on these machines outweighed the statement itself. Only
+//! COMMIT, which waits for the disk, runs on a blocking thread. The readers
+//! stay on sqlx's pool, whose threads let long searches run beside the
+//! async workers.
+//!
 //! Writes inside a logical transaction say `OR FAIL`: a failing statement
 //! then leaves its earlier rows for the savepoint's rollback to undo, so
 //! SQLite opens no statement journal for it. With the default `ABORT`, every
@@ -25,8 +33,12 @@ use std::{
 };
 
 use async_trait::async_trait;
+use rusqlite::{
+    OptionalExtension, ToSql, params,
+    types::{ToSqlOutput, ValueRef},
+};
 use sqlx::{
-    Connection, Executor, Row, SqliteConnection,
+    Row,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
 };
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard, oneshot};
@@ -40,8 +52,8 @@ use super::{
     audit_queue::CommitResult,
     plan::{Cursor, IndexTable},
     rows::{
-        self, AUDIT_COLUMNS, NPO_ORGANIZATION_QUERY, OBSERVED_QUERY, SUBSCRIPTION_QUERY, TRANSFER_COLUMNS, bind_all,
-        stored, transfer_row,
+        self, AUDIT_COLUMNS, NPO_ORGANIZATION_QUERY, OBSERVED_QUERY, SUBSCRIPTION_QUERY, SqlRow, TRANSFER_COLUMNS,
+        bind_all, stored, transfer_row,
     },
     sql::{self, Arg, Dialect, ROW_COLUMNS, Sql},
 };
@@ -74,7 +86,7 @@ pub struct SqliteStore {
 }
 
 struct Writer {
-    conn: SqliteConnection,
+    conn: rusqlite::Connection,
     /// The outer transaction is open (it may hold released, uncommitted work).
     outer: bool,
     /// A logical transaction's savepoint is still open: it failed or was
@@ -91,48 +103,48 @@ impl Writer {
     /// Rolls back a savepoint left behind by a failed or dropped transaction.
     /// If SQLite already rolled back more than that (some errors end the whole
     /// transaction), the outer transaction is abandoned too and its waiters fail.
-    async fn discard_abandoned(&mut self) -> Result<(), sqlx::Error> {
+    fn discard_abandoned(&mut self) -> rusqlite::Result<()> {
         if !self.abandoned {
             return Ok(());
         }
-        let rolled_back = match self.conn.execute("ROLLBACK TO tx").await {
-            Ok(_) => self.conn.execute("RELEASE tx").await.map(|_| ()),
-            Err(e) => Err(e),
-        };
+        let rolled_back = self.conn.execute_batch("ROLLBACK TO tx; RELEASE tx");
         self.abandoned = false;
         if let Err(e) = rolled_back {
             tracing::error!(error = %e, "the write transaction was lost; failing the transactions waiting in it");
-            let _ = self.conn.execute("ROLLBACK").await;
+            let _ = self.conn.execute_batch("ROLLBACK");
             self.outer = false;
             for w in self.waiters.drain(..) {
                 let _ = w.send(Err(format!("the transaction was rolled back: {e}")));
             }
-            self.reload_audit_head().await?;
+            self.reload_audit_head()?;
         }
         Ok(())
     }
 
     /// Re-reads the audit chain's head after a rollback undid appends.
-    async fn reload_audit_head(&mut self) -> Result<(), sqlx::Error> {
-        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE one = 1").fetch_one(&mut self.conn).await?;
-        self.audit_seq = row.try_get(0)?;
-        self.audit_hash = row.try_get(1)?;
+    fn reload_audit_head(&mut self) -> rusqlite::Result<()> {
+        let (seq, hash) = self
+            .conn
+            .query_row("SELECT seq, hash FROM audit_head WHERE one = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        self.audit_seq = seq;
+        self.audit_hash = hash;
         Ok(())
     }
 
     /// Commits the outer transaction and tells every waiter how it went.
-    async fn flush(&mut self) {
-        if let Err(e) = self.discard_abandoned().await {
+    /// Waits for the disk: call it off the async workers.
+    fn flush(&mut self) {
+        if let Err(e) = self.discard_abandoned() {
             tracing::error!(error = %e, "could not roll back an abandoned transaction");
         }
         if !self.outer {
             return;
         }
-        let result = self.conn.execute("COMMIT").await.map(|_| ()).map_err(|e| e.to_string());
+        let result = self.conn.execute_batch("COMMIT").map_err(|e| e.to_string());
         if let Err(e) = &result {
             tracing::error!(error = %e, waiters = self.waiters.len(), "group commit failed; its transactions are not stored");
-            let _ = self.conn.execute("ROLLBACK").await;
-            if let Err(e) = self.reload_audit_head().await {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            if let Err(e) = self.reload_audit_head() {
                 tracing::error!(error = %e, "could not re-read the audit chain head");
             }
         }
@@ -155,8 +167,93 @@ async fn flusher(writer: Weak<Mutex<Writer>>, wake: Arc<Notify>) {
     loop {
         wake.notified().await;
         let Some(writer) = writer.upgrade() else { return };
-        writer.lock().await.flush().await;
+        let mut guard = writer.lock_owned().await;
+        if tokio::task::spawn_blocking(move || guard.flush()).await.is_err() {
+            return; // the runtime is shutting down
+        }
     }
+}
+
+/// Opens the writer connection, creating the file, and sets it up as every
+/// connection of this backend is (see [`SqliteStore::open`]).
+fn open_writer(path: &str, synchronous: &str) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    let _: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    let sync = if synchronous == "normal" { "NORMAL" } else { "FULL" };
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF; PRAGMA cache_size = -2000; PRAGMA temp_store = MEMORY;"
+    ))?;
+    conn.set_prepared_statement_cache_capacity(256);
+    Ok(conn)
+}
+
+/// Binds an [`Arg`] to a rusqlite statement.
+impl ToSql for Arg {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self {
+            Arg::Null => ValueRef::Null,
+            Arg::Int(i) => return Ok(ToSqlOutput::from(*i)),
+            Arg::Real(f) => return Ok(ToSqlOutput::from(*f)),
+            Arg::Text(t) => ValueRef::Text(t.as_bytes()),
+            Arg::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
+/// A row of the writer connection, for the decoders shared with the readers ([`rows`]).
+struct LiteRow<'a, 'r>(&'a rusqlite::Row<'r>);
+
+fn decode(e: rusqlite::Error) -> sqlx::Error {
+    sqlx::Error::Decode(Box::new(e))
+}
+
+impl SqlRow for LiteRow<'_, '_> {
+    fn int(&self, i: usize) -> Result<i64, sqlx::Error> {
+        self.0.get(i).map_err(decode)
+    }
+    fn real(&self, i: usize) -> Result<f64, sqlx::Error> {
+        self.0.get(i).map_err(decode)
+    }
+    fn text(&self, i: usize) -> Result<String, sqlx::Error> {
+        self.0.get(i).map_err(decode)
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, sqlx::Error> {
+        self.0.get(i).map_err(decode)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>, sqlx::Error> {
+        self.0.get(i).map_err(decode)
+    }
+}
+
+/// The writer connection's errors, as the store reports them.
+fn lite_err(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ffi;
+    match &e {
+        rusqlite::Error::SqliteFailure(f, message)
+            if f.extended_code == ffi::SQLITE_CONSTRAINT_UNIQUE
+                || f.extended_code == ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+        {
+            StoreError::Conflict(message.clone().unwrap_or_else(|| e.to_string()))
+        }
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::SystemIoFailure
+                    | rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::CannotOpen
+            ) =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Internal(e.to_string()),
+    }
+}
+
+fn decode_err(e: sqlx::Error) -> StoreError {
+    StoreError::Internal(e.to_string())
 }
 
 impl SqliteStore {
@@ -185,13 +282,20 @@ impl SqliteStore {
             .pragma("cache_size", "-2000")
             .pragma("temp_store", "memory")
             .statement_cache_capacity(256);
-        let mut conn = SqliteConnection::connect_with(&base).await?;
-        migrate(&mut conn).await?;
+        let conn = {
+            let (path, synchronous) = (path.to_owned(), config.sqlite_synchronous.clone());
+            tokio::task::spawn_blocking(move || -> anyhow::Result<rusqlite::Connection> {
+                let mut conn = open_writer(&path, &synchronous)?;
+                migrate(&mut conn)?;
+                Ok(conn)
+            })
+            .await??
+        };
         let readers = SqlitePoolOptions::new()
             .max_connections(config.max_connections)
             .test_before_acquire(false)
             .min_connections(1)
-            .connect_with(base.clone().pragma("query_only", "1"))
+            .connect_with(base.pragma("query_only", "1"))
             .await?;
         let mut writer = Writer {
             conn,
@@ -201,7 +305,7 @@ impl SqliteStore {
             audit_seq: 0,
             audit_hash: String::new(),
         };
-        writer.reload_audit_head().await?;
+        writer.reload_audit_head()?;
         let writer = Arc::new(Mutex::new(writer));
         let flush = Arc::new(Notify::new());
         tokio::spawn(flusher(Arc::downgrade(&writer), flush.clone()));
@@ -270,22 +374,20 @@ async fn open_journal(
 ) -> anyhow::Result<Option<(Journal, DurableBatches)>> {
     let folder = audit_journal::folder_of(database);
     let (from, journal_id) = {
-        let conn = &mut writer.lock().await.conn;
-        let row = sqlx::query("SELECT segment, offset, journal_id FROM audit_journal WHERE one = 1")
-            .fetch_one(&mut *conn)
-            .await?;
-        let mut journal_id: String = row.try_get(2)?;
+        let conn = &writer.lock().await.conn;
+        let read = |conn: &rusqlite::Connection| {
+            conn.query_row("SELECT segment, offset, journal_id FROM audit_journal WHERE one = 1", [], |r| {
+                Ok((Position { segment: r.get(0)?, offset: r.get(1)? }, r.get::<_, String>(2)?))
+            })
+        };
+        let (from, journal_id) = read(conn)?;
         if journal_id.is_empty() {
-            journal_id = uuid::Uuid::new_v4().simple().to_string();
-            sqlx::query("UPDATE audit_journal SET journal_id = ? WHERE one = 1 AND journal_id = ''")
-                .bind(&journal_id)
-                .execute(&mut *conn)
-                .await?;
-            let stored: String =
-                sqlx::query_scalar("SELECT journal_id FROM audit_journal WHERE one = 1").fetch_one(&mut *conn).await?;
-            journal_id = stored; // another process may have set it first
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            conn.execute("UPDATE audit_journal SET journal_id = ? WHERE one = 1 AND journal_id = ''", [&id])?;
+            read(conn)? // another process may have set it first
+        } else {
+            (from, journal_id)
         }
-        (Position { segment: row.try_get(0)?, offset: row.try_get(1)? }, journal_id)
     };
     let opened = {
         let folder = folder.clone();
@@ -316,11 +418,11 @@ async fn import(
     end: Position,
 ) -> StoreResult<()> {
     let mut tx = begin_on(writer, flush).await?;
-    tx.append_audit_rows(entries).await?;
-    tx.push(
-        "UPDATE audit_journal SET segment = ?, offset = ? WHERE one = 1",
-        [Arg::Int(end.segment), Arg::Int(end.offset)],
-    );
+    tx.append_audit_rows(entries)?;
+    tx.exec(
+        "UPDATE OR FAIL audit_journal SET segment = ?, offset = ? WHERE one = 1",
+        params![end.segment, end.offset],
+    )?;
     StoreTx::commit(Box::new(tx)).await
 }
 
@@ -377,25 +479,25 @@ impl Importer {
 }
 
 /// Applies the migrations this database has not seen yet.
-async fn migrate(conn: &mut SqliteConnection) -> anyhow::Result<()> {
-    conn.execute(
+fn migrate(conn: &mut rusqlite::Connection) -> anyhow::Result<()> {
+    conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ms INTEGER NOT NULL)",
-    )
-    .await?;
-    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations").fetch_all(&mut *conn).await?;
+    )?;
+    let applied: Vec<i64> = conn
+        .prepare("SELECT version FROM schema_migrations")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
     for (version, name, script) in MIGRATIONS {
         if applied.contains(version) {
             continue;
         }
-        let mut tx = conn.begin().await?;
-        sqlx::raw_sql(script).execute(&mut *tx).await?;
-        sqlx::query("INSERT INTO schema_migrations (version, name, applied_ms) VALUES (?, ?, ?)")
-            .bind(version)
-            .bind(name)
-            .bind(chrono::Utc::now().timestamp_millis())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        let tx = conn.transaction()?;
+        tx.execute_batch(script)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, applied_ms) VALUES (?, ?, ?)",
+            params![version, name, chrono::Utc::now().timestamp_millis()],
+        )?;
+        tx.commit()?;
         tracing::info!(migration.version = version, migration.name = name, "applied database migration");
     }
     Ok(())
@@ -590,18 +692,11 @@ impl Store for SqliteStore {
 
     async fn claim_assertion(&self, key: &str, expires_ms: i64, now_ms: i64) -> StoreResult<bool> {
         let mut tx = self.begin_tx().await?;
-        tx.push("DELETE FROM token_assertions WHERE expires_ms < ?", [Arg::Int(now_ms)]);
-        tx.send().await?;
-        let claimed = sqlx::query(
+        tx.exec("DELETE FROM token_assertions WHERE expires_ms < ?", [now_ms])?;
+        let claimed = tx.exec(
             "INSERT INTO token_assertions (client_jti, expires_ms) VALUES (?, ?) ON CONFLICT (client_jti) DO NOTHING",
-        )
-        .bind(key)
-        .bind(expires_ms)
-        .execute(&mut tx.guard.conn)
-        .await
-        .map_err(err)?
-        .rows_affected()
-            == 1;
+            params![key, expires_ms],
+        )? == 1;
         StoreTx::commit(Box::new(tx)).await?;
         Ok(claimed)
     }
@@ -638,16 +733,17 @@ async fn audit_indexer(writer: Weak<Mutex<Writer>>, flush: Arc<Notify>, readers:
         let indexed = async {
             let mut tx = begin_on(&writer, &flush).await?;
             drop(writer);
-            tx.push(
+            tx.exec(
                 "INSERT OR IGNORE INTO audit_patient (patient, seq) SELECT j.value, a.seq \
                  FROM audit_log a, json_each(a.patients) j, audit_indexed i \
                  WHERE i.one = 1 AND a.seq > i.seq AND a.seq <= i.seq + ? ORDER BY 1, 2",
-                [Arg::Int(AUDIT_INDEX_BATCH)],
-            );
-            tx.push(
-                "UPDATE audit_indexed SET seq = MIN(seq + ?, (SELECT seq FROM audit_head WHERE one = 1)) WHERE one = 1",
-                [Arg::Int(AUDIT_INDEX_BATCH)],
-            );
+                [AUDIT_INDEX_BATCH],
+            )?;
+            tx.exec(
+                "UPDATE OR FAIL audit_indexed SET seq = MIN(seq + ?, (SELECT seq FROM audit_head WHERE one = 1)) \
+                 WHERE one = 1",
+                [AUDIT_INDEX_BATCH],
+            )?;
             StoreTx::commit(Box::new(tx)).await
         };
         if let Err(e) = indexed.await {
@@ -659,8 +755,8 @@ async fn audit_indexer(writer: Weak<Mutex<Writer>>, flush: Arc<Notify>, readers:
 /// Starts a logical transaction on the writer connection (waiting for it).
 async fn begin_on(writer: &Arc<Mutex<Writer>>, flush: &Arc<Notify>) -> StoreResult<SqliteTx> {
     let mut guard = writer.clone().lock_owned().await;
-    guard.discard_abandoned().await.map_err(err)?;
-    Ok(SqliteTx { guard, flush: flush.clone(), started: false, pending: Sql::default(), audit_saved: None })
+    guard.discard_abandoned().map_err(lite_err)?;
+    Ok(SqliteTx { guard, flush: flush.clone(), started: false, audit_saved: None })
 }
 
 impl SqliteStore {
@@ -678,163 +774,157 @@ impl SqliteStore {
 /// A logical transaction: a savepoint on the writer connection, holding its lock.
 /// Dropped without `commit`, it is rolled back before the next writer runs.
 ///
-/// Writes are buffered and sent to SQLite together with the savepoint and its
-/// release, so a create costs one round trip to the connection's worker
-/// thread (sqlx runs each SQLite connection on a thread of its own). A read
-/// inside the transaction first sends what is buffered, so it sees it.
+/// Statements run when they are called, on the caller's thread (see the
+/// module comment); each stays prepared in the connection's statement cache.
 struct SqliteTx {
     guard: OwnedMutexGuard<Writer>,
     flush: Arc<Notify>,
     /// The savepoint exists in the database.
     started: bool,
-    /// Statements (`;`-separated) and arguments not yet sent.
-    pending: Sql,
     /// The audit chain head before this transaction's first append, restored if it is dropped.
     audit_saved: Option<(i64, String)>,
 }
 
 impl SqliteTx {
-    /// Buffers a new version: the version row, the resource row pointing at it
-    /// and, for a resource that existed before, the removal of its old index.
-    #[expect(clippy::too_many_arguments, reason = "the columns of one version row")]
-    fn push_version(&mut self, ty: &str, id: &str, version: i64, at_ms: i64, method: &str, body: &str, deleted: bool) {
-        let key = || [Arg::Text(ty.to_owned()), Arg::Text(id.to_owned())];
-        self.push(
-            "INSERT OR FAIL INTO versions (res_type, res_id, version, last_updated_ms, deleted, method, body) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-            key().into_iter().chain([
-                Arg::Int(version),
-                Arg::Int(at_ms),
-                Arg::Int(deleted.into()),
-                Arg::Text(method.to_owned()),
-                Arg::Text(body.to_owned()),
-            ]),
-        );
-        self.push(
-            "INSERT OR FAIL INTO resources (res_type, res_id, version, vid, last_updated_ms, deleted) \
-             VALUES (?, ?, ?, last_insert_rowid(), ?, ?) \
-             ON CONFLICT (res_type, res_id) DO UPDATE SET version = excluded.version, vid = excluded.vid, \
-             last_updated_ms = excluded.last_updated_ms, deleted = excluded.deleted",
-            key().into_iter().chain([Arg::Int(version), Arg::Int(at_ms), Arg::Int(deleted.into())]),
-        );
-        if version > 1 {
-            for table in INDEX_TABLES {
-                self.push(
-                    &format!(
-                        "DELETE FROM {} WHERE rid = (SELECT rid FROM resources WHERE res_type = ? AND res_id = ?)",
-                        table.name()
-                    ),
-                    key(),
-                );
+    /// The writer connection, with the outer transaction and this
+    /// transaction's savepoint opened the first time.
+    fn conn(&mut self) -> StoreResult<&rusqlite::Connection> {
+        if !self.started {
+            if !self.guard.outer {
+                self.guard.conn.execute_batch("BEGIN IMMEDIATE").map_err(lite_err)?;
+                self.guard.outer = true;
             }
+            self.guard.conn.execute_batch("SAVEPOINT tx").map_err(lite_err)?;
+            // From here on, whatever part ran must be undone if the rest fails.
+            self.guard.abandoned = true;
+            self.started = true;
         }
+        Ok(&self.guard.conn)
     }
 
-    /// Buffers an audit entry, extending the hash chain.
-    fn push_audit(&mut self, r: &AuditRecord) {
+    /// Runs one statement; the number of rows it changed.
+    fn exec(&mut self, statement: &str, params: impl rusqlite::Params) -> StoreResult<usize> {
+        self.conn()?.prepare_cached(statement).and_then(|mut s| s.execute(params)).map_err(lite_err)
+    }
+
+    /// Runs a query for at most one row.
+    fn one<T>(
+        &mut self,
+        statement: &str,
+        params: impl rusqlite::Params,
+        row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> StoreResult<Option<T>> {
+        self.conn()?.prepare_cached(statement).and_then(|mut s| s.query_row(params, row).optional()).map_err(lite_err)
+    }
+
+    /// Runs a query for all its rows.
+    fn all<T>(
+        &mut self,
+        statement: &str,
+        params: impl rusqlite::Params,
+        mut row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> StoreResult<Vec<T>> {
+        let conn = self.conn()?;
+        let mut s = conn.prepare_cached(statement).map_err(lite_err)?;
+        let mut rows = s.query(params).map_err(lite_err)?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(lite_err)? {
+            out.push(row(r).map_err(lite_err)?);
+        }
+        Ok(out)
+    }
+
+    /// Writes a new version: the version row, the resource row pointing at
+    /// it (with its access and patients when given) and, for a resource that
+    /// existed before, the removal of its old index. Returns the resource's row id.
+    #[expect(clippy::too_many_arguments, reason = "the columns of one version row")]
+    fn write_version(
+        &mut self,
+        ty: &str,
+        id: &str,
+        version: i64,
+        at_ms: i64,
+        method: &str,
+        body: &str,
+        deleted: bool,
+        access_patients: Option<(&str, &str)>,
+    ) -> StoreResult<i64> {
+        self.exec(
+            "INSERT OR FAIL INTO versions (res_type, res_id, version, last_updated_ms, deleted, method, body) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            params![ty, id, version, at_ms, i64::from(deleted), method, body],
+        )?;
+        let vid = self.guard.conn.last_insert_rowid();
+        let upsert = "INSERT OR FAIL INTO resources (res_type, res_id, version, vid, last_updated_ms, deleted";
+        let update = "ON CONFLICT (res_type, res_id) DO UPDATE SET version = excluded.version, vid = excluded.vid, \
+             last_updated_ms = excluded.last_updated_ms, deleted = excluded.deleted";
+        let rid = match access_patients {
+            Some((access, patients)) => self.one(
+                &format!(
+                    "{upsert}, access, patients) VALUES (?, ?, ?, ?, ?, ?, ?, ?) {update}, \
+                     access = excluded.access, patients = excluded.patients RETURNING rid"
+                ),
+                params![ty, id, version, vid, at_ms, i64::from(deleted), access, patients],
+                |r| r.get(0),
+            )?,
+            None => self.one(
+                &format!("{upsert}) VALUES (?, ?, ?, ?, ?, ?) {update} RETURNING rid"),
+                params![ty, id, version, vid, at_ms, i64::from(deleted)],
+                |r| r.get(0),
+            )?,
+        };
+        let rid = rid.ok_or_else(|| StoreError::Internal(format!("{ty}/{id}: the resource row was not written")))?;
+        if version > 1 {
+            for table in INDEX_TABLES {
+                self.exec(&format!("DELETE FROM {} WHERE rid = ?", table.name()), [rid])?;
+            }
+        }
+        Ok(rid)
+    }
+
+    /// Writes an audit entry, extending the hash chain.
+    fn write_audit(&mut self, r: &AuditRecord) -> StoreResult<()> {
+        self.append_audit_row(r, super::audit_body::pack(&r.body))?;
+        self.write_audit_head()
+    }
+
+    /// Inserts the next entry of the hash chain and moves the chain head on
+    /// to it (in memory; [`Self::write_audit_head`] records it).
+    fn append_audit_row(&mut self, r: &AuditRecord, packed_body: Vec<u8>) -> StoreResult<()> {
         if self.audit_saved.is_none() {
             self.audit_saved = Some((self.guard.audit_seq, self.guard.audit_hash.clone()));
         }
-        let row = self.chain_row(r, super::audit_body::pack(&r.body));
-        self.push(&format!("{AUDIT_INSERT} (?, ?, ?, ?, ?, ?, ?)"), row);
-        self.push_audit_head();
-    }
-
-    /// The next entry of the hash chain: its `audit_log` row (in
-    /// [`AUDIT_INSERT`]'s column order), with the chain head moved on to it.
-    fn chain_row(&mut self, r: &AuditRecord, packed_body: Vec<u8>) -> [Arg; 7] {
         let seq = self.guard.audit_seq + 1;
-        let prev = std::mem::take(&mut self.guard.audit_hash);
+        let prev = self.guard.audit_hash.clone();
         let hash = super::audit_hash(&prev, seq, r.recorded_ms, &r.body);
         // The patient index follows in the background (see `audit_indexer`).
         let patients = serde_json::to_string(&r.patients).unwrap_or_else(|_| "[]".into());
+        self.exec(
+            "INSERT OR FAIL INTO audit_log (seq, event_id, recorded_ms, body, prev_hash, hash, patients) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            params![seq, r.event_id, r.recorded_ms, packed_body, prev, hash, patients],
+        )?;
         self.guard.audit_seq = seq;
-        self.guard.audit_hash = hash.clone();
-        [
-            Arg::Int(seq),
-            Arg::Text(r.event_id.clone()),
-            Arg::Int(r.recorded_ms),
-            Arg::Blob(packed_body),
-            Arg::Text(prev),
-            Arg::Text(hash),
-            Arg::Text(patients),
-        ]
+        self.guard.audit_hash = hash;
+        Ok(())
     }
 
     /// Records the chain head as it is now.
-    fn push_audit_head(&mut self) {
-        let head = [Arg::Int(self.guard.audit_seq), Arg::Text(self.guard.audit_hash.clone())];
-        self.push("UPDATE OR FAIL audit_head SET seq = ?, hash = ? WHERE one = 1", head);
+    fn write_audit_head(&mut self) -> StoreResult<()> {
+        let (seq, hash) = (self.guard.audit_seq, self.guard.audit_hash.clone());
+        self.exec("UPDATE OR FAIL audit_head SET seq = ?, hash = ? WHERE one = 1", params![seq, hash])?;
+        Ok(())
     }
 
-    /// Appends many audit entries (a journal import): multi-row inserts of a
-    /// fixed size, each sent on its own so that the statement stays prepared
-    /// (one text of thousands of statements would be parsed anew each time).
-    async fn append_audit_rows(&mut self, entries: &[&audit_journal::Entry]) -> StoreResult<()> {
-        const ROWS: usize = 32;
+    /// Appends many audit entries (a journal import).
+    fn append_audit_rows(&mut self, entries: &[&audit_journal::Entry]) -> StoreResult<()> {
         if entries.is_empty() {
             return Ok(());
         }
-        if self.audit_saved.is_none() {
-            self.audit_saved = Some((self.guard.audit_seq, self.guard.audit_hash.clone()));
+        for e in entries {
+            self.append_audit_row(&e.record, e.packed.clone())?;
         }
-        for chunk in entries.chunks(ROWS) {
-            let mut args = Vec::with_capacity(chunk.len() * 7);
-            for e in chunk {
-                args.extend(self.chain_row(&e.record, e.packed.clone()));
-            }
-            let rows = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
-            self.push(&format!("{AUDIT_INSERT} {rows}"), args);
-            self.send().await?;
-        }
-        self.push_audit_head();
-        Ok(())
-    }
-
-    /// Releases the savepoint (the work joins the outer transaction, which
-    /// the flusher commits) and hands the transaction back for registering waiters.
-    async fn release(mut self) -> StoreResult<SqliteTx> {
-        self.push("RELEASE tx", []);
-        self.send().await?;
-        self.guard.abandoned = false;
-        self.audit_saved = None;
-        Ok(self)
-    }
-
-    fn push(&mut self, statement: &str, args: impl IntoIterator<Item = Arg>) {
-        self.pending.text.push_str(statement);
-        self.pending.text.push_str(";\n");
-        self.pending.args.extend(args);
-    }
-
-    /// Sends the buffered statements (opening the outer transaction and the
-    /// savepoint first when needed) in one round trip.
-    async fn send(&mut self) -> StoreResult<()> {
-        let mut text = String::new();
-        if !self.guard.outer {
-            text.push_str("BEGIN IMMEDIATE;\n");
-        }
-        if !self.started {
-            text.push_str("SAVEPOINT tx;\n");
-        }
-        if text.is_empty() && self.pending.text.is_empty() {
-            return Ok(());
-        }
-        let pending = std::mem::take(&mut self.pending);
-        text.push_str(&pending.text);
-        // From here on, whatever part ran must be undone if the rest fails.
-        self.guard.outer = true;
-        self.guard.abandoned = true;
-        self.started = true;
-        // Small texts (one resource's write) repeat and stay prepared in the
-        // statement cache; large ones (Bundles) vary with every transaction
-        // and would fill the cache with big statements, so they are not kept.
-        bind_all(sqlx::query(&text), &pending.args)
-            .persistent(text.len() <= CACHED_WRITE_TEXT)
-            .execute(&mut self.guard.conn)
-            .await
-            .map_err(err)?;
-        Ok(())
+        self.write_audit_head()
     }
 }
 
@@ -856,195 +946,148 @@ impl Drop for SqliteTx {
 #[async_trait]
 impl StoreTx for SqliteTx {
     async fn current(&mut self, ty: &str, id: &str) -> StoreResult<Option<Current>> {
-        self.send().await?;
-        let row = sqlx::query("SELECT version, deleted, access FROM resources WHERE res_type = ? AND res_id = ?")
-            .bind(ty)
-            .bind(id)
-            .fetch_optional(&mut self.guard.conn)
-            .await
-            .map_err(err)?;
-        row.map(|r| -> Result<Current, sqlx::Error> {
-            Ok(Current { version: r.try_get(0)?, deleted: r.try_get::<i64, _>(1)? != 0, access: r.try_get(2)? })
-        })
-        .transpose()
-        .map_err(err)
+        self.one(
+            "SELECT version, deleted, access FROM resources WHERE res_type = ? AND res_id = ?",
+            params![ty, id],
+            |r| Ok(Current { version: r.get(0)?, deleted: r.get::<_, i64>(1)? != 0, access: r.get(2)? }),
+        )
     }
 
     async fn current_body(&mut self, ty: &str, id: &str) -> StoreResult<Option<String>> {
-        self.send().await?;
-        sqlx::query_scalar(
+        self.one(
             "SELECT v.body FROM resources r JOIN versions v ON v.vid = r.vid \
              WHERE r.res_type = ? AND r.res_id = ? AND r.deleted = 0",
+            params![ty, id],
+            |r| r.get(0),
         )
-        .bind(ty)
-        .bind(id)
-        .fetch_optional(&mut self.guard.conn)
-        .await
-        .map_err(err)
     }
 
     async fn find_ids(&mut self, plan: &SearchPlan) -> StoreResult<Vec<String>> {
-        self.send().await?;
         let sql = sql::search_ids(plan);
         let text = sql.render(Dialect::Sqlite);
-        let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(&mut self.guard.conn).await.map_err(err)?;
-        rows.iter().map(|r| r.try_get::<String, _>(0)).collect::<Result<_, _>>().map_err(err)
+        self.all(&text, rusqlite::params_from_iter(&sql.args), |r| r.get(0))
     }
 
     async fn put(&mut self, v: NewVersion<'_>) -> StoreResult<()> {
-        // One resource's statements per round trip: their text then repeats
-        // from resource to resource and stays prepared in the statement cache.
-        if !self.pending.text.is_empty() {
-            self.send().await?;
-        }
-        self.push_version(v.ty, v.id, v.version, v.last_updated_ms, v.method, v.body, false);
-        self.push(
-            "UPDATE OR FAIL resources SET access = ?, patients = ? WHERE res_type = ? AND res_id = ?",
-            [
-                Arg::Text(v.access.to_owned()),
-                Arg::Text(v.patients.to_owned()),
-                Arg::Text(v.ty.to_owned()),
-                Arg::Text(v.id.to_owned()),
-            ],
-        );
-        let access_rows: Vec<(&str, Vec<Arg>)> = v
-            .access
-            .split(' ')
-            .filter(|o| !o.is_empty())
-            .map(|o| (ACCESS_PARAM, vec![Arg::Null, Arg::Text(o.to_owned()), Arg::Null]))
-            .collect();
-        let mut by_table: Vec<(IndexTable, Vec<(&str, Vec<Arg>)>)> = Vec::new();
-        if !access_rows.is_empty() {
-            by_table.push((IndexTable::Token, access_rows));
+        let rid = self.write_version(
+            v.ty,
+            v.id,
+            v.version,
+            v.last_updated_ms,
+            v.method,
+            v.body,
+            false,
+            Some((v.access, v.patients)),
+        )?;
+        let rid_param = rusqlite::types::Value::Integer(rid);
+        for org in v.access.split(' ').filter(|o| !o.is_empty()) {
+            self.exec(
+                "INSERT OR FAIL INTO idx_token (rid, param, system, code, text_norm) VALUES (?, ?, NULL, ?, NULL)",
+                params![rid, ACCESS_PARAM, org],
+            )?;
         }
         for (param, value) in &v.index {
             let (table, columns) = super::index_columns(value);
-            match by_table.iter_mut().find(|(t, _)| *t == table) {
-                Some((_, rows)) => rows.push((param, columns)),
-                None => by_table.push((table, vec![(param, columns)])),
-            }
-        }
-        for (table, rows) in by_table {
-            for chunk in rows.chunks(INDEX_ROWS_PER_STATEMENT) {
-                let (text, args) = index_insert(table, v.ty, v.id, chunk);
-                self.push(&text, args);
-            }
+            let mut bound: Vec<&dyn ToSql> = Vec::with_capacity(columns.len() + 2);
+            bound.push(&rid_param);
+            bound.push(param);
+            bound.extend(columns.iter().map(|c| c as &dyn ToSql));
+            self.exec(&index_insert(table, columns.len()), &*bound)?;
         }
         Ok(())
     }
 
     async fn delete(&mut self, ty: &str, id: &str, version: i64, at_ms: i64) -> StoreResult<()> {
-        self.push_version(ty, id, version, at_ms, "DELETE", "", true);
+        self.write_version(ty, id, version, at_ms, "DELETE", "", true, None)?;
         Ok(())
     }
 
     async fn grant(&mut self, ty: &str, id: &str, access: &str) -> StoreResult<()> {
-        let key = || [Arg::Text(ty.to_owned()), Arg::Text(id.to_owned())];
-        self.push(
+        self.exec(
             "UPDATE OR FAIL resources SET access = ? WHERE res_type = ? AND res_id = ?",
-            std::iter::once(Arg::Text(access.to_owned())).chain(key()),
-        );
-        self.push(
+            params![access, ty, id],
+        )?;
+        self.exec(
             "DELETE FROM idx_token WHERE param = ? AND rid = (SELECT rid FROM resources WHERE res_type = ? AND res_id = ?)",
-            std::iter::once(Arg::Text(ACCESS_PARAM.into())).chain(key()),
-        );
+            params![ACCESS_PARAM, ty, id],
+        )?;
         for org in access.split(' ').filter(|o| !o.is_empty()) {
-            self.push(
+            self.exec(
                 "INSERT OR FAIL INTO idx_token (rid, param, system, code, text_norm) \
                  SELECT rid, ?, NULL, ?, NULL FROM resources WHERE res_type = ? AND res_id = ? AND deleted = 0",
-                [Arg::Text(ACCESS_PARAM.into()), Arg::Text(org.to_owned())].into_iter().chain(key()),
-            );
+                params![ACCESS_PARAM, org, ty, id],
+            )?;
         }
         Ok(())
     }
 
     async fn audit(&mut self, record: AuditRecord) -> StoreResult<()> {
-        self.push_audit(&record);
-        Ok(())
+        self.write_audit(&record)
     }
 
     async fn npo_put_organization(&mut self, o: &NpoOrganization) -> StoreResult<()> {
-        let opt = |s: &Option<String>| s.as_ref().map_or(Arg::Null, |s| Arg::Text(s.clone()));
-        self.push(
+        self.exec(
             "INSERT OR REPLACE INTO npo_organizations (code, name, delregion, hsa_id, organisationsnummer, is_region, \
              updated_ms, updated_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                Arg::Text(o.code.clone()),
-                Arg::Text(o.name.clone()),
-                opt(&o.delregion),
-                opt(&o.hsa_id),
-                opt(&o.organisationsnummer),
-                Arg::Int(i64::from(o.is_region)),
-                Arg::Int(o.updated_ms),
-                Arg::Text(o.updated_by.clone()),
+            params![
+                o.code,
+                o.name,
+                o.delregion,
+                o.hsa_id,
+                o.organisationsnummer,
+                i64::from(o.is_region),
+                o.updated_ms,
+                o.updated_by
             ],
-        );
+        )?;
         Ok(())
     }
 
     async fn npo_add_statement(&mut self, st: &NpoStatement) -> StoreResult<()> {
-        let flag = |b: Option<bool>| b.map_or(Arg::Null, |b| Arg::Int(i64::from(b)));
-        self.push(
-            "INSERT INTO npo_statements (code, info_type, declared_producer, declared_consumer, declared_at, source, \
-             recorded_by, recorded_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                Arg::Text(st.code.clone()),
-                Arg::Text(st.info_type.clone()),
-                flag(st.producer),
-                flag(st.consumer),
-                Arg::Text(st.declared_at.clone()),
-                Arg::Text(st.source.clone()),
-                Arg::Text(st.recorded_by.clone()),
-                Arg::Int(st.recorded_ms),
+        self.exec(
+            "INSERT OR FAIL INTO npo_statements (code, info_type, declared_producer, declared_consumer, declared_at, \
+             source, recorded_by, recorded_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            params![
+                st.code,
+                st.info_type,
+                st.producer.map(i64::from),
+                st.consumer.map(i64::from),
+                st.declared_at,
+                st.source,
+                st.recorded_by,
+                st.recorded_ms
             ],
-        );
+        )?;
         Ok(())
     }
 
     async fn put_subscription(&mut self, r: &SubscriptionRow) -> StoreResult<()> {
         let headers = serde_json::to_string(&r.headers).map_err(|e| StoreError::Internal(e.to_string()))?;
-        self.push(
+        self.exec(
             "INSERT OR REPLACE INTO subscriptions (sub_id, owner_key, criteria, endpoint, payload, headers, status, \
              failing_since) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                Arg::Text(r.sub_id.clone()),
-                Arg::Text(r.owner_key.clone()),
-                Arg::Text(r.criteria.clone()),
-                Arg::Text(r.endpoint.clone()),
-                r.payload.as_ref().map_or(Arg::Null, |p| Arg::Text(p.clone())),
-                Arg::Text(headers),
-                Arg::Text(r.status.clone()),
-                r.failing_since.map_or(Arg::Null, Arg::Int),
-            ],
-        );
+            params![r.sub_id, r.owner_key, r.criteria, r.endpoint, r.payload, headers, r.status, r.failing_since],
+        )?;
         Ok(())
     }
 
     async fn remove_subscription(&mut self, sub_id: &str) -> StoreResult<()> {
-        self.push("DELETE FROM subscriptions WHERE sub_id = ?", [Arg::Text(sub_id.to_owned())]);
-        self.push("DELETE FROM outbox WHERE sub_id = ? AND delivered_ms IS NULL", [Arg::Text(sub_id.to_owned())]);
+        self.exec("DELETE FROM subscriptions WHERE sub_id = ?", [sub_id])?;
+        self.exec("DELETE FROM outbox WHERE sub_id = ? AND delivered_ms IS NULL", [sub_id])?;
         Ok(())
     }
 
     async fn live_subscriptions(&mut self) -> StoreResult<Vec<SubscriptionRow>> {
-        self.send().await?;
-        let rows = sqlx::query(SUBSCRIPTION_QUERY).fetch_all(&mut self.guard.conn).await.map_err(err)?;
-        rows.iter().map(rows::subscription).collect::<Result<_, _>>().map_err(err)
+        let rows = self.all(SUBSCRIPTION_QUERY, [], |r| Ok(rows::subscription(&LiteRow(r))))?;
+        rows.into_iter().collect::<Result<_, _>>().map_err(decode_err)
     }
 
     async fn add_notification(&mut self, n: &Notification, due_ms: i64) -> StoreResult<()> {
-        self.push(
-            "INSERT INTO outbox (event_id, sub_id, resource, version, created_ms, next_attempt_ms, attempts, \
+        self.exec(
+            "INSERT OR FAIL INTO outbox (event_id, sub_id, resource, version, created_ms, next_attempt_ms, attempts, \
              claimed_until) VALUES (?, ?, ?, ?, ?, ?, 0, 0)",
-            [
-                Arg::Text(n.event_id.clone()),
-                Arg::Text(n.sub_id.clone()),
-                Arg::Text(n.resource.clone()),
-                Arg::Int(n.version),
-                Arg::Int(n.created_ms),
-                Arg::Int(due_ms),
-            ],
-        );
+            params![n.event_id, n.sub_id, n.resource, n.version, n.created_ms, due_ms],
+        )?;
         Ok(())
     }
 
@@ -1054,139 +1097,114 @@ impl StoreTx for SqliteTx {
         lease_until_ms: i64,
         limit: usize,
     ) -> StoreResult<Vec<Notification>> {
-        self.send().await?;
-        let rows = sqlx::query(
-            "UPDATE outbox SET claimed_until = ?, attempts = attempts + 1 WHERE event_id IN \
+        let rows = self.all(
+            "UPDATE OR FAIL outbox SET claimed_until = ?, attempts = attempts + 1 WHERE event_id IN \
              (SELECT event_id FROM outbox WHERE delivered_ms IS NULL AND next_attempt_ms <= ? AND claimed_until <= ? \
               ORDER BY next_attempt_ms, created_ms LIMIT ?) \
              RETURNING event_id, sub_id, resource, version, created_ms, attempts",
-        )
-        .bind(lease_until_ms)
-        .bind(now_ms)
-        .bind(now_ms)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut self.guard.conn)
-        .await
-        .map_err(err)?;
-        rows.iter().map(rows::notification).collect::<Result<_, _>>().map_err(err)
+            params![lease_until_ms, now_ms, now_ms, i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| Ok(rows::notification(&LiteRow(r))),
+        )?;
+        rows.into_iter().collect::<Result<_, _>>().map_err(decode_err)
     }
 
     async fn delivered(&mut self, event_id: &str, at_ms: i64) -> StoreResult<()> {
-        self.push(
-            "UPDATE outbox SET delivered_ms = ?, claimed_until = 0, last_error = NULL WHERE event_id = ?",
-            [Arg::Int(at_ms), Arg::Text(event_id.to_owned())],
-        );
+        self.exec(
+            "UPDATE OR FAIL outbox SET delivered_ms = ?, claimed_until = 0, last_error = NULL WHERE event_id = ?",
+            params![at_ms, event_id],
+        )?;
         Ok(())
     }
 
     async fn retry_notification(&mut self, event_id: &str, next_ms: i64, error: &str) -> StoreResult<()> {
-        self.push(
-            "UPDATE outbox SET next_attempt_ms = ?, claimed_until = 0, last_error = ? WHERE event_id = ?",
-            [Arg::Int(next_ms), Arg::Text(error.to_owned()), Arg::Text(event_id.to_owned())],
-        );
+        self.exec(
+            "UPDATE OR FAIL outbox SET next_attempt_ms = ?, claimed_until = 0, last_error = ? WHERE event_id = ?",
+            params![next_ms, error, event_id],
+        )?;
         Ok(())
     }
 
     async fn transfer(&mut self, task_id: &str) -> StoreResult<Option<TransferRow>> {
-        self.send().await?;
-        let row = sqlx::query(&format!("SELECT {TRANSFER_COLUMNS} FROM transfers WHERE task_id = ?"))
-            .bind(task_id)
-            .fetch_optional(&mut self.guard.conn)
-            .await
-            .map_err(err)?;
-        row.as_ref().map(transfer_row).transpose().map_err(err)
+        let row = self.one(&format!("SELECT {TRANSFER_COLUMNS} FROM transfers WHERE task_id = ?"), [task_id], |r| {
+            Ok(transfer_row(&LiteRow(r)))
+        })?;
+        row.transpose().map_err(decode_err)
     }
 
     async fn put_transfer(&mut self, t: &TransferRow) -> StoreResult<()> {
-        self.send().await?;
-        sqlx::query(&format!(
-            "INSERT OR REPLACE INTO transfers ({TRANSFER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(&t.task_id)
-        .bind(&t.document_id)
-        .bind(&t.binary_id)
-        .bind(&t.sender_key)
-        .bind(&t.recipient_key)
-        .bind(&t.patient)
-        .bind(&t.doc_type)
-        .bind(&t.content_hash)
-        .bind(&t.status)
-        .bind(t.created_ms)
-        .bind(t.updated_ms)
-        .bind(&t.duplicate_of)
-        .execute(&mut self.guard.conn)
-        .await
-        .map_err(err)?;
+        self.exec(
+            &format!(
+                "INSERT OR REPLACE INTO transfers ({TRANSFER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ),
+            params![
+                t.task_id,
+                t.document_id,
+                t.binary_id,
+                t.sender_key,
+                t.recipient_key,
+                t.patient,
+                t.doc_type,
+                t.content_hash,
+                t.status,
+                t.created_ms,
+                t.updated_ms,
+                t.duplicate_of
+            ],
+        )?;
         Ok(())
     }
 
     async fn same_transfer(&mut self, t: &TransferRow) -> StoreResult<Option<String>> {
-        self.send().await?;
-        sqlx::query_scalar(
+        self.one(
             "SELECT task_id FROM transfers WHERE patient = ? AND doc_type = ? AND content_hash = ? \
              AND sender_key = ? AND recipient_key = ? AND task_id <> ? AND content_hash <> '' \
              ORDER BY created_ms, task_id LIMIT 1",
+            params![t.patient, t.doc_type, t.content_hash, t.sender_key, t.recipient_key, t.task_id],
+            |r| r.get(0),
         )
-        .bind(&t.patient)
-        .bind(&t.doc_type)
-        .bind(&t.content_hash)
-        .bind(&t.sender_key)
-        .bind(&t.recipient_key)
-        .bind(&t.task_id)
-        .fetch_optional(&mut self.guard.conn)
-        .await
-        .map_err(err)
     }
 
     async fn ingest_record(&mut self, source_system: &str, record_id: &str) -> StoreResult<Option<IngestRecord>> {
-        self.send().await?;
-        let row = sqlx::query(
+        self.one(
             "SELECT mapping, content_hash, resources, municipality, info_type, first_ms, last_ms \
              FROM ingest_records WHERE source_system = ? AND record_id = ?",
+            params![source_system, record_id],
+            |r| {
+                Ok(IngestRecord {
+                    source_system: source_system.to_owned(),
+                    record_id: record_id.to_owned(),
+                    mapping: r.get(0)?,
+                    content_hash: r.get(1)?,
+                    resources: r.get(2)?,
+                    municipality: r.get(3)?,
+                    info_type: r.get(4)?,
+                    first_ms: r.get(5)?,
+                    last_ms: r.get(6)?,
+                })
+            },
         )
-        .bind(source_system)
-        .bind(record_id)
-        .fetch_optional(&mut self.guard.conn)
-        .await
-        .map_err(err)?;
-        row.map(|r| -> Result<IngestRecord, sqlx::Error> {
-            Ok(IngestRecord {
-                source_system: source_system.to_owned(),
-                record_id: record_id.to_owned(),
-                mapping: r.try_get(0)?,
-                content_hash: r.try_get(1)?,
-                resources: r.try_get(2)?,
-                municipality: r.try_get(3)?,
-                info_type: r.try_get(4)?,
-                first_ms: r.try_get(5)?,
-                last_ms: r.try_get(6)?,
-            })
-        })
-        .transpose()
-        .map_err(err)
     }
 
     async fn put_ingest_record(&mut self, r: &IngestRecord) -> StoreResult<()> {
-        let opt = |s: &Option<String>| s.as_ref().map_or(Arg::Null, |s| Arg::Text(s.clone()));
-        self.push(
+        self.exec(
             "INSERT OR FAIL INTO ingest_records (source_system, record_id, mapping, content_hash, resources, \
              municipality, info_type, first_ms, last_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (source_system, record_id) DO UPDATE SET mapping = excluded.mapping, \
              content_hash = excluded.content_hash, resources = excluded.resources, \
              municipality = excluded.municipality, info_type = excluded.info_type, first_ms = excluded.first_ms, \
              last_ms = excluded.last_ms",
-            [
-                Arg::Text(r.source_system.clone()),
-                Arg::Text(r.record_id.clone()),
-                Arg::Text(r.mapping.clone()),
-                Arg::Text(r.content_hash.clone()),
-                Arg::Text(r.resources.clone()),
-                opt(&r.municipality),
-                opt(&r.info_type),
-                Arg::Int(r.first_ms),
-                Arg::Int(r.last_ms),
+            params![
+                r.source_system,
+                r.record_id,
+                r.mapping,
+                r.content_hash,
+                r.resources,
+                r.municipality,
+                r.info_type,
+                r.first_ms,
+                r.last_ms
             ],
-        );
+        )?;
         Ok(())
     }
 
@@ -1195,10 +1213,14 @@ impl StoreTx for SqliteTx {
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {
-        if !self.started && self.pending.text.is_empty() {
+        if !self.started {
             return Ok(()); // nothing was read or written
         }
-        let mut this = (*self).release().await?;
+        let mut this = *self;
+        // The work joins the outer transaction, which the flusher commits.
+        this.guard.conn.execute_batch("RELEASE tx").map_err(lite_err)?;
+        this.guard.abandoned = false;
+        this.audit_saved = None;
         let (done, result) = oneshot::channel();
         this.guard.waiters.push(done);
         let flush = this.flush.clone();
@@ -1222,40 +1244,15 @@ const INDEX_TABLES: [IndexTable; 7] = [
     IndexTable::Uri,
 ];
 
-/// An `audit_log` insert, up to its rows (see `SqliteTx::chain_row`).
-const AUDIT_INSERT: &str =
-    "INSERT OR FAIL INTO audit_log (seq, event_id, recorded_ms, body, prev_hash, hash, patients) VALUES";
-
-/// Longest buffered write text kept prepared in the statement cache.
-const CACHED_WRITE_TEXT: usize = 8 * 1024;
-
-/// Rows per statement, well below SQLite's limit of bound variables.
-const INDEX_ROWS_PER_STATEMENT: usize = 300;
-
-/// One statement inserting a resource's rows into one index table; the row id
-/// is looked up once, by the resource's type and id.
-fn index_insert(table: IndexTable, ty: &str, id: &str, rows: &[(&str, Vec<Arg>)]) -> (String, Vec<Arg>) {
-    let width = rows.first().map_or(0, |(_, c)| c.len());
-    let columns: Vec<String> = (2..=width + 1).map(|i| format!("v.column{i}")).collect();
-    let mut text = format!(
-        "INSERT OR FAIL INTO {} SELECT r.rid, v.column1, {} FROM resources r, (VALUES ",
-        table.name(),
-        columns.join(", ")
-    );
-    let placeholders = format!("({})", vec!["?"; width + 1].join(", "));
-    let mut args = Vec::with_capacity(rows.len() * (width + 1) + 2);
-    for (i, (param, values)) in rows.iter().enumerate() {
-        if i > 0 {
-            text.push_str(", ");
-        }
-        text.push_str(&placeholders);
-        args.push(Arg::Text((*param).to_owned()));
-        args.extend(values.iter().cloned());
+/// The insert of one index row: the resource's row id, the parameter and
+/// `width` value columns, in the table's column order.
+fn index_insert(table: IndexTable, width: usize) -> String {
+    let mut text = format!("INSERT OR FAIL INTO {} VALUES (?, ?", table.name());
+    for _ in 0..width {
+        text.push_str(", ?");
     }
-    text.push_str(") v WHERE r.res_type = ? AND r.res_id = ?");
-    args.push(Arg::Text(ty.to_owned()));
-    args.push(Arg::Text(id.to_owned()));
-    (text, args)
+    text.push(')');
+    text
 }
 
 #[cfg(test)]
@@ -1335,11 +1332,8 @@ mod tests {
             access: "",
             patients: "",
         };
-        // Writes are buffered: the conflict shows at put or, at the latest, at commit.
-        let result = match tx.put(dup).await {
-            Ok(()) => tx.commit().await,
-            Err(e) => Err(e),
-        };
+        let result = tx.put(dup).await;
+        drop(tx);
         assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
         put(&store, "after", true).await;
         assert!(store.read("Patient", "after").await.unwrap().is_some());
