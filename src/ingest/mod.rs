@@ -229,26 +229,49 @@ type Known = HashMap<(String, String), (String, String)>;
 /// transaction — which holds the single writer on SQLite — only looks up
 /// what was not found. Resources are never removed, and a resource's
 /// organisations only grow, so what is found stays true. A failed lookup is
-/// left to the transaction.
+/// left to the transaction. The lookups run concurrently, at most
+/// [`LOOKUPS_IN_FLIGHT`] at a time: one after another, a batch's hundreds of
+/// round trips to the read connections took as long as writing it.
 async fn look_up_shared(store: &Arc<dyn Store>, group: &[(usize, Prepared)]) -> Known {
-    let mut known = Known::new();
+    let mut wanted: Vec<(String, String, String, String)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for (_, p) in group {
         for r in &p.mapped.resources {
             let Identity::Shared { system, value } = &r.identity else { continue };
-            let key = shared_key(&r.resource_type, system, value);
-            if known.contains_key(&key) {
-                continue;
-            }
-            let (plan, _) = identifier_plan(&r.resource_type, system, value);
-            if let Ok(page) = store.search(&plan).await
-                && let Some(found) = page.rows.into_iter().find(|s| !s.deleted)
-            {
-                known.insert(key, (found.id, found.access.to_string()));
+            if seen.insert(shared_key(&r.resource_type, system, value)) {
+                wanted.push((r.resource_type.clone(), system.clone(), value.clone(), String::new()));
             }
         }
     }
-    known
+    let mut known = Known::new();
+    let mut lookups = tokio::task::JoinSet::new();
+    let mut wanted = wanted.into_iter();
+    loop {
+        while lookups.len() < LOOKUPS_IN_FLIGHT
+            && let Some((ty, system, value, _)) = wanted.next()
+        {
+            let store = store.clone();
+            lookups.spawn(async move {
+                let (plan, _) = identifier_plan(&ty, &system, &value);
+                let found = match store.search(&plan).await {
+                    Ok(page) => page.rows.into_iter().find(|s| !s.deleted),
+                    Err(_) => None,
+                };
+                (shared_key(&ty, &system, &value), found.map(|s| (s.id, s.access.to_string())))
+            });
+        }
+        match lookups.join_next().await {
+            Some(Ok((key, Some(found)))) => {
+                known.insert(key, found);
+            }
+            Some(_) => {}
+            None => return known,
+        }
+    }
 }
+
+/// Concurrent lookups of one batch's shared resources.
+const LOOKUPS_IN_FLIGHT: usize = 8;
 
 async fn write_record(
     tx: &mut dyn StoreTx,

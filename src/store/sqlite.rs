@@ -855,23 +855,39 @@ impl SqliteTx {
             params![ty, id, version, at_ms, i64::from(deleted), method, body],
         )?;
         let vid = self.guard.conn.last_insert_rowid();
-        let upsert = "INSERT OR FAIL INTO resources (res_type, res_id, version, vid, last_updated_ms, deleted";
-        let update = "ON CONFLICT (res_type, res_id) DO UPDATE SET version = excluded.version, vid = excluded.vid, \
-             last_updated_ms = excluded.last_updated_ms, deleted = excluded.deleted";
-        let rid = match access_patients {
-            Some((access, patients)) => self.one(
-                &format!(
-                    "{upsert}, access, patients) VALUES (?, ?, ?, ?, ?, ?, ?, ?) {update}, \
-                     access = excluded.access, patients = excluded.patients RETURNING rid"
-                ),
-                params![ty, id, version, vid, at_ms, i64::from(deleted), access, patients],
-                |r| r.get(0),
-            )?,
-            None => self.one(
-                &format!("{upsert}) VALUES (?, ?, ?, ?, ?, ?) {update} RETURNING rid"),
-                params![ty, id, version, vid, at_ms, i64::from(deleted)],
-                |r| r.get(0),
-            )?,
+        // Not an upsert: SQLite opens a statement journal for `ON CONFLICT DO
+        // UPDATE … RETURNING`. A first version is new (the versions insert
+        // above fails otherwise); a later one updates the row.
+        let deleted = i64::from(deleted);
+        let updated = if version > 1 {
+            match access_patients {
+                Some((access, patients)) => self.one(
+                    "UPDATE OR FAIL resources SET version = ?, vid = ?, last_updated_ms = ?, deleted = ?, access = ?, \
+                     patients = ? WHERE res_type = ? AND res_id = ? RETURNING rid",
+                    params![version, vid, at_ms, deleted, access, patients, ty, id],
+                    |r| r.get(0),
+                )?,
+                None => self.one(
+                    "UPDATE OR FAIL resources SET version = ?, vid = ?, last_updated_ms = ?, deleted = ? \
+                     WHERE res_type = ? AND res_id = ? RETURNING rid",
+                    params![version, vid, at_ms, deleted, ty, id],
+                    |r| r.get(0),
+                )?,
+            }
+        } else {
+            None
+        };
+        let rid = match updated {
+            Some(rid) => Some(rid),
+            None => {
+                let (access, patients) = access_patients.unwrap_or_default();
+                self.exec(
+                    "INSERT OR FAIL INTO resources (res_type, res_id, version, vid, last_updated_ms, deleted, access, \
+                     patients) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    params![ty, id, version, vid, at_ms, deleted, access, patients],
+                )?;
+                Some(self.guard.conn.last_insert_rowid())
+            }
         };
         let rid = rid.ok_or_else(|| StoreError::Internal(format!("{ty}/{id}: the resource row was not written")))?;
         if version > 1 {
