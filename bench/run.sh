@@ -24,7 +24,8 @@
 # include create transfer ingest ingest_batch; one at a time on a fresh store
 # isolates a test from the background work the others leave), BENCH_DURATION (seconds per test), BENCH_TOKEN with BENCH_TOKEN_FIXED=1 (sent as
 # `Authorization: Bearer …`), BENCH_SEED, BENCH_CATEGORY (search.lua);
-# NARA_* variables reach the gateway (e.g. NARA_DATABASE__SQLITE_SYNCHRONOUS).
+# NARA_* variables reach the gateway (e.g. NARA_DATABASE__SQLITE_SYNCHRONOUS);
+# BENCH_BIN runs that binary instead of building this checkout (A/B runs).
 set -Eeuo pipefail
 trap 'echo "run.sh: line $LINENO: \`$BASH_COMMAND\` failed" >&2' ERR
 
@@ -73,9 +74,14 @@ done
 source_digest=$(cd "$root" && find Cargo.toml Cargo.lock src migrations mappings -type f 2>/dev/null | LC_ALL=C sort |
   xargs sha256sum | sha256sum | cut -c1-16)
 
-log "cargo build --release"
-(cd "$root" && cargo build --release)
-bin="$root/target/release/nara-gateway"
+if [[ -n "${BENCH_BIN:-}" ]]; then
+  bin=$BENCH_BIN # another build (an A/B comparison): nothing is built
+  source_digest="$source_digest (not built: $bin)"
+else
+  log "cargo build --release"
+  (cd "$root" && cargo build --release)
+  bin="$root/target/release/nara-gateway"
+fi
 [[ -x "$bin" ]] || die "no binary at $bin"
 # Every request is authenticated and audited: a region client's token, as an
 # operator gets one (tokens live 5 minutes; one is fetched per scenario).
