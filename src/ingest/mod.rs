@@ -233,13 +233,14 @@ type Known = HashMap<(String, String), (String, String)>;
 /// [`LOOKUPS_IN_FLIGHT`] at a time: one after another, a batch's hundreds of
 /// round trips to the read connections took as long as writing it.
 async fn look_up_shared(store: &Arc<dyn Store>, group: &[(usize, Prepared)]) -> Known {
-    let mut wanted: Vec<(String, String, String, String)> = Vec::new();
+    let mut wanted = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (_, p) in group {
         for r in &p.mapped.resources {
             let Identity::Shared { system, value } = &r.identity else { continue };
-            if seen.insert(shared_key(&r.resource_type, system, value)) {
-                wanted.push((r.resource_type.clone(), system.clone(), value.clone(), String::new()));
+            let key = shared_key(&r.resource_type, system, value);
+            if seen.insert(key.clone()) {
+                wanted.push((key, identifier_plan(&r.resource_type, system, value).0));
             }
         }
     }
@@ -248,16 +249,15 @@ async fn look_up_shared(store: &Arc<dyn Store>, group: &[(usize, Prepared)]) -> 
     let mut wanted = wanted.into_iter();
     loop {
         while lookups.len() < LOOKUPS_IN_FLIGHT
-            && let Some((ty, system, value, _)) = wanted.next()
+            && let Some((key, plan)) = wanted.next()
         {
             let store = store.clone();
             lookups.spawn(async move {
-                let (plan, _) = identifier_plan(&ty, &system, &value);
                 let found = match store.search(&plan).await {
                     Ok(page) => page.rows.into_iter().find(|s| !s.deleted),
                     Err(_) => None,
                 };
-                (shared_key(&ty, &system, &value), found.map(|s| (s.id, s.access.to_string())))
+                (key, found.map(|s| (s.id, s.access.to_string())))
             });
         }
         match lookups.join_next().await {

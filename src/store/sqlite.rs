@@ -39,7 +39,7 @@ use rusqlite::{
 };
 use sqlx::{
     Row,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions},
 };
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard, oneshot};
 
@@ -174,17 +174,29 @@ async fn flusher(writer: Weak<Mutex<Writer>>, wake: Arc<Notify>) {
     }
 }
 
-/// Opens the writer connection, creating the file, and sets it up as every
-/// connection of this backend is (see [`SqliteStore::open`]).
-fn open_writer(path: &str, synchronous: &str) -> rusqlite::Result<rusqlite::Connection> {
-    let conn = rusqlite::Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    let _: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+/// How long a connection waits for another process's lock on the file.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 256;
+
+/// The settings of every connection to the file, the writer's and the
+/// readers' (besides write-ahead logging and [`BUSY_TIMEOUT`]).
+fn connection_pragmas(synchronous: &str) -> [(&'static str, &'static str); 4] {
     let sync = if synchronous == "normal" { "NORMAL" } else { "FULL" };
-    conn.execute_batch(&format!(
-        "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF; PRAGMA cache_size = -2000; PRAGMA temp_store = MEMORY;"
-    ))?;
-    conn.set_prepared_statement_cache_capacity(256);
+    [("synchronous", sync), ("foreign_keys", "OFF"), ("cache_size", "-2000"), ("temp_store", "MEMORY")]
+}
+
+/// Opens the writer connection, creating the file, with the settings the
+/// readers get too (see [`SqliteStore::open`]).
+fn open_writer(path: &str, pragmas: &[(&str, &str)]) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let _: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    for (name, value) in pragmas {
+        conn.execute_batch(&format!("PRAGMA {name} = {value}"))?;
+    }
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
 
@@ -269,23 +281,19 @@ impl SqliteStore {
             std::fs::create_dir_all(parent)
                 .map_err(|e| anyhow::anyhow!("database.url: cannot create folder {}: {e}", parent.display()))?;
         }
-        let sync = match config.sqlite_synchronous.as_str() {
-            "normal" => SqliteSynchronous::Normal,
-            _ => SqliteSynchronous::Full,
-        };
-        let base = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(sync)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(false)
-            .pragma("cache_size", "-2000")
-            .pragma("temp_store", "memory")
-            .statement_cache_capacity(256);
+        let pragmas = connection_pragmas(&config.sqlite_synchronous);
+        let base = pragmas.iter().fold(
+            SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(BUSY_TIMEOUT)
+                .statement_cache_capacity(STATEMENT_CACHE),
+            |options, (name, value)| options.pragma(*name, *value),
+        );
         let conn = {
-            let (path, synchronous) = (path.to_owned(), config.sqlite_synchronous.clone());
+            let path = path.to_owned();
             tokio::task::spawn_blocking(move || -> anyhow::Result<rusqlite::Connection> {
-                let mut conn = open_writer(&path, &synchronous)?;
+                let mut conn = open_writer(&path, &pragmas)?;
                 migrate(&mut conn)?;
                 Ok(conn)
             })
@@ -858,38 +866,31 @@ impl SqliteTx {
         // Not an upsert: SQLite opens a statement journal for `ON CONFLICT DO
         // UPDATE … RETURNING`. A first version is new (the versions insert
         // above fails otherwise); a later one updates the row.
+        // Deletions keep the access set and patients of the last version.
+        let (access, patients) = access_patients.unzip();
         let deleted = i64::from(deleted);
         let updated = if version > 1 {
-            match access_patients {
-                Some((access, patients)) => self.one(
-                    "UPDATE OR FAIL resources SET version = ?, vid = ?, last_updated_ms = ?, deleted = ?, access = ?, \
-                     patients = ? WHERE res_type = ? AND res_id = ? RETURNING rid",
-                    params![version, vid, at_ms, deleted, access, patients, ty, id],
-                    |r| r.get(0),
-                )?,
-                None => self.one(
-                    "UPDATE OR FAIL resources SET version = ?, vid = ?, last_updated_ms = ?, deleted = ? \
-                     WHERE res_type = ? AND res_id = ? RETURNING rid",
-                    params![version, vid, at_ms, deleted, ty, id],
-                    |r| r.get(0),
-                )?,
-            }
+            self.one(
+                "UPDATE OR FAIL resources SET version = ?, vid = ?, last_updated_ms = ?, deleted = ?, \
+                 access = COALESCE(?, access), patients = COALESCE(?, patients) \
+                 WHERE res_type = ? AND res_id = ? RETURNING rid",
+                params![version, vid, at_ms, deleted, access, patients, ty, id],
+                |r| r.get(0),
+            )?
         } else {
             None
         };
         let rid = match updated {
-            Some(rid) => Some(rid),
+            Some(rid) => rid,
             None => {
-                let (access, patients) = access_patients.unwrap_or_default();
                 self.exec(
                     "INSERT OR FAIL INTO resources (res_type, res_id, version, vid, last_updated_ms, deleted, access, \
                      patients) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    params![ty, id, version, vid, at_ms, deleted, access, patients],
+                    params![ty, id, version, vid, at_ms, deleted, access.unwrap_or(""), patients.unwrap_or("")],
                 )?;
-                Some(self.guard.conn.last_insert_rowid())
+                self.guard.conn.last_insert_rowid()
             }
         };
-        let rid = rid.ok_or_else(|| StoreError::Internal(format!("{ty}/{id}: the resource row was not written")))?;
         if version > 1 {
             for table in INDEX_TABLES {
                 self.exec(&format!("DELETE FROM {} WHERE rid = ?", table.name()), [rid])?;
@@ -900,13 +901,13 @@ impl SqliteTx {
 
     /// Writes an audit entry, extending the hash chain.
     fn write_audit(&mut self, r: &AuditRecord) -> StoreResult<()> {
-        self.append_audit_row(r, super::audit_body::pack(&r.body))?;
+        self.append_audit_row(r, &super::audit_body::pack(&r.body))?;
         self.write_audit_head()
     }
 
     /// Inserts the next entry of the hash chain and moves the chain head on
     /// to it (in memory; [`Self::write_audit_head`] records it).
-    fn append_audit_row(&mut self, r: &AuditRecord, packed_body: Vec<u8>) -> StoreResult<()> {
+    fn append_audit_row(&mut self, r: &AuditRecord, packed_body: &[u8]) -> StoreResult<()> {
         if self.audit_saved.is_none() {
             self.audit_saved = Some((self.guard.audit_seq, self.guard.audit_hash.clone()));
         }
@@ -938,7 +939,7 @@ impl SqliteTx {
             return Ok(());
         }
         for e in entries {
-            self.append_audit_row(&e.record, e.packed.clone())?;
+            self.append_audit_row(&e.record, &e.packed)?;
         }
         self.write_audit_head()
     }
@@ -995,7 +996,6 @@ impl StoreTx for SqliteTx {
             false,
             Some((v.access, v.patients)),
         )?;
-        let rid_param = rusqlite::types::Value::Integer(rid);
         for org in v.access.split(' ').filter(|o| !o.is_empty()) {
             self.exec(
                 "INSERT OR FAIL INTO idx_token (rid, param, system, code, text_norm) VALUES (?, ?, NULL, ?, NULL)",
@@ -1005,7 +1005,7 @@ impl StoreTx for SqliteTx {
         for (param, value) in &v.index {
             let (table, columns) = super::index_columns(value);
             let mut bound: Vec<&dyn ToSql> = Vec::with_capacity(columns.len() + 2);
-            bound.push(&rid_param);
+            bound.push(&rid);
             bound.push(param);
             bound.extend(columns.iter().map(|c| c as &dyn ToSql));
             self.exec(&index_insert(table, columns.len()), &*bound)?;
