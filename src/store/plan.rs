@@ -152,6 +152,19 @@ impl IndexTable {
             IndexTable::Uri => "idx_uri",
         }
     }
+
+    /// The value columns of the table (after `rid` and `param`).
+    pub fn width(self) -> usize {
+        match self {
+            IndexTable::Token => 3,
+            IndexTable::String => 2,
+            IndexTable::Date => 2,
+            IndexTable::Reference => 5,
+            IndexTable::Number => 2,
+            IndexTable::Quantity => 4,
+            IndexTable::Uri => 1,
+        }
+    }
 }
 
 /// One sort key.
