@@ -235,36 +235,82 @@ pub async fn put_with_access(
         }
         None => access.to_owned(),
     };
-    let access = access.as_str();
-    let text = resource::finalize(&mut body, id, version, at_ms);
-    let index: Vec<_> = extract::extract(&body).into_iter().map(|(def, v)| (def.code, v)).collect();
-    let patients = patients_of(ty, id, &index);
-    tx.put(crate::store::NewVersion {
-        ty,
-        id,
-        version,
-        last_updated_ms: at_ms,
-        method,
-        body: &text,
-        index,
-        access,
-        patients: &patients,
-    })
-    .await?;
+    let written = write_ready(tx, ready_version(ty, id, version, at_ms, body, status, &access), method).await?;
     if let Some(row) = &transfer {
         crate::transfer::after_task_write(tx, row, version == 1).await?;
     }
     if ty == "Task" {
-        crate::subscriptions::on_task_written(tx, id, version, access).await?;
+        crate::subscriptions::on_task_written(tx, id, version, &access).await?;
     }
-    Ok(Written {
+    Ok(written)
+}
+
+/// A version made ready to write: its text with `id` and `meta` set, its
+/// search index and the patients it is about. This is the costly part of a
+/// write (serialising, extracting the index), and it needs no transaction:
+/// done before one begins, it keeps the single SQLite writer free meanwhile.
+pub struct ReadyVersion {
+    pub ty: String,
+    pub id: String,
+    pub version: i64,
+    pub at_ms: i64,
+    text: String,
+    index: Vec<(&'static str, extract::IndexValue)>,
+    patients: String,
+    access: String,
+    status: StatusCode,
+}
+
+/// Makes `body` ready as version `version` of `ty/id`, last updated at
+/// `at_ms`, visible to the organisations in `access`. Not for transfer
+/// Tasks, whose writes keep their transfer row in step ([`put_with_access`]).
+pub fn ready_version(
+    ty: &str,
+    id: &str,
+    version: i64,
+    at_ms: i64,
+    mut body: Value,
+    status: StatusCode,
+    access: &str,
+) -> ReadyVersion {
+    let text = resource::finalize(&mut body, id, version, at_ms);
+    let index: Vec<_> = extract::extract(&body).into_iter().map(|(def, v)| (def.code, v)).collect();
+    let patients = patients_of(ty, id, &index);
+    ReadyVersion {
         ty: ty.to_owned(),
         id: id.to_owned(),
         version,
         at_ms,
-        body: Some(text.into()),
+        text,
+        index,
+        patients,
+        access: access.to_owned(),
         status,
-        patients: patients.into(),
+    }
+}
+
+/// Writes a version made ready by [`ready_version`].
+pub async fn write_ready(tx: &mut dyn StoreTx, v: ReadyVersion, method: &'static str) -> Result<Written, ApiError> {
+    tx.put(crate::store::NewVersion {
+        ty: &v.ty,
+        id: &v.id,
+        version: v.version,
+        last_updated_ms: v.at_ms,
+        method,
+        body: &v.text,
+        index: v.index,
+        access: &v.access,
+        patients: &v.patients,
+    })
+    .await?;
+    Ok(Written {
+        ty: v.ty,
+        id: v.id,
+        version: v.version,
+        at_ms: v.at_ms,
+        body: Some(v.text.into()),
+        status: v.status,
+        patients: v.patients.into(),
     })
 }
 

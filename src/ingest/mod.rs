@@ -192,6 +192,45 @@ pub fn derived_id(parts: &[&str]) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
+/// How the ids of the resources a record owns are made.
+///
+/// An id is the time of the record's first push (ms, 12 hex digits) and 20
+/// hex digits of SHA-256 over the record's identity and the resource's key
+/// in the mapping. Records pushed one after another get ids that sort
+/// together, so writing them touches a few pages of the id indexes instead
+/// of a random page per resource (a batch of 200 records dirtied 320 pages
+/// of those two indexes alone); a repeated push finds the same ids again
+/// through the first push's time, which the record's ingest row keeps.
+/// Records first pushed before ids carried the time keep the ids they got
+/// then: the hash alone.
+enum OwnedIds {
+    Timed(i64),
+    Untimed,
+}
+
+/// The key of a record's Provenance among its ids.
+const PROVENANCE_KEY: &str = "provenance";
+
+impl OwnedIds {
+    fn of(m: &MappedRecord, previous: Option<&IngestRecord>, first_ms: i64) -> OwnedIds {
+        let untimed = previous.is_some_and(|prev| {
+            m.resources.iter().filter(|r| matches!(r.identity, Identity::Owned)).any(|r| {
+                let old = format!("{}/{}", r.resource_type, OwnedIds::Untimed.id(m, &r.key));
+                prev.resources.split(' ').any(|have| have == old)
+            })
+        });
+        if untimed { OwnedIds::Untimed } else { OwnedIds::Timed(first_ms) }
+    }
+
+    fn id(&self, m: &MappedRecord, key: &str) -> String {
+        let hash = derived_id(&[m.source_system.as_str(), &m.record_id, key]);
+        match self {
+            OwnedIds::Timed(ms) => format!("{:012x}{}", ms.clamp(&0, &0xffff_ffff_ffff), &hash[..20]),
+            OwnedIds::Untimed => hash,
+        }
+    }
+}
+
 /// Why writing a record failed: before anything was written (the record
 /// alone is refused; the transaction goes on) or after (the transaction must be abandoned).
 enum WriteError {
@@ -280,6 +319,7 @@ async fn write_record(
     request: &str,
     resolved: &mut Resolved,
     known: &Known,
+    ready: Option<Ready>,
 ) -> Result<(Status, Vec<String>), WriteError> {
     let m = &p.mapped;
     let source = m.source_system.as_str();
@@ -293,27 +333,28 @@ async fn write_record(
         }
         if prev.content_hash == p.content_hash {
             let refs: Vec<String> = prev.resources.split(' ').filter(|r| !r.is_empty()).map(str::to_owned).collect();
-            let patients: Arc<str> =
-                refs.iter().filter(|r| r.starts_with("Patient/")).cloned().collect::<Vec<_>>().join(" ").into();
-            let seen: Vec<Seen> =
-                refs.iter().map(|r| Seen { reference: r.clone(), patients: patients.clone() }).collect();
-            audit_in(tx, actor, StatusCode::OK, &seen, request).await?;
+            tx.audit(ingest_audit(actor, StatusCode::OK, &refs, request)).await?;
             return Ok((Status::Unchanged, refs));
         }
     }
 
-    // Who may see what the record writes: its organisation and its recipients.
-    let mut access = m.organization.organisationsnummer().to_owned();
-    for r in &m.recipients {
-        access = store::access_with(&access, r.organisationsnummer());
+    if previous.is_none()
+        && let Some(ready) = ready
+    {
+        return write_ready_record(tx, p, ready, resolved, known).await;
     }
+
+    // Who may see what the record writes: its organisation and its recipients.
+    let access = record_access(m);
+    let first_ms = previous.as_ref().map_or_else(interactions::now_ms, |r| r.first_ms);
+    let owned = OwnedIds::of(m, previous.as_ref(), first_ms);
 
     // Resolve every resource's id before writing anything.
     let mut targets: Vec<(String, bool)> = Vec::with_capacity(m.resources.len());
     let mut by_key: HashMap<String, String> = HashMap::new();
     for r in &m.resources {
         let (id, exists) = match &r.identity {
-            Identity::Owned => (derived_id(&[source, &m.record_id, &r.key]), false),
+            Identity::Owned => (owned.id(m, &r.key), false),
             Identity::Shared { system, value } => {
                 let key = shared_key(&r.resource_type, system, value);
                 let (id, exists) = match (resolved.get(&key), known.get(&key)) {
@@ -357,19 +398,7 @@ async fn write_record(
         let ty = r.resource_type.as_str();
         refs.push(format!("{ty}/{id}"));
         match (&r.identity, exists) {
-            (Identity::Shared { system, value }, true) => {
-                // Already visible to every organisation of the record when looked up: nothing to grant.
-                let seen_by_all = known.get(&shared_key(ty, system, value)).is_some_and(|(kid, ka)| {
-                    kid == id && access.split(' ').all(|k| ka.split(' ').any(|have| have == k))
-                });
-                if !crate::access::is_directory_type(ty) && !seen_by_all {
-                    let current = tx.current(ty, id).await?.map(|c| c.access).unwrap_or_default();
-                    let merged = access.split(' ').fold(current.clone(), |a, key| store::access_with(&a, key));
-                    if merged != current {
-                        tx.grant(ty, id, &merged).await?;
-                    }
-                }
-            }
+            (Identity::Shared { system, value }, true) => share(tx, ty, id, system, value, &access, known).await?,
             (Identity::Shared { .. }, false) => {
                 written.push(
                     interactions::put_with_access(tx, ty, id, 1, "PUT", body, StatusCode::CREATED, &access)
@@ -434,8 +463,9 @@ async fn write_record(
     let status = if previous.is_some() || any_updated { Status::Updated } else { Status::Created };
     let at_ms = interactions::now_ms();
     if !written.is_empty() {
-        let provenance = provenance(p, &written, at_ms, status);
-        let id = derived_id(&[source, &m.record_id, "provenance"]);
+        let targets: Vec<_> = written.iter().map(|w| (w.ty.as_str(), w.id.as_str(), w.version)).collect();
+        let provenance = provenance(p, &targets, at_ms, status);
+        let id = owned.id(m, PROVENANCE_KEY);
         let version = match &previous {
             Some(_) => tx.current("Provenance", &id).await?.map_or(1, |c| c.version + 1),
             None => 1,
@@ -444,35 +474,154 @@ async fn write_record(
             .await
             .map_err(WriteError::Aborted)?;
     }
-    tx.put_ingest_record(&IngestRecord {
-        source_system: source.to_owned(),
+    tx.put_ingest_record(&ingest_row(p, &refs, first_ms, at_ms)).await?;
+    let http = if status == Status::Created { StatusCode::CREATED } else { StatusCode::OK };
+    tx.audit(ingest_audit(actor, http, &refs, request)).await?;
+    Ok((status, refs))
+}
+
+/// Who may see what a record writes: its organisation and its recipients.
+fn record_access(m: &MappedRecord) -> String {
+    let mut access = m.organization.organisationsnummer().to_owned();
+    for r in &m.recipients {
+        access = store::access_with(&access, r.organisationsnummer());
+    }
+    access
+}
+
+/// Lets the organisations in `access` see an existing shared resource,
+/// unless they could already when it was looked up (or it is a directory
+/// resource, which every client sees).
+async fn share(
+    tx: &mut dyn StoreTx,
+    ty: &str,
+    id: &str,
+    system: &str,
+    value: &str,
+    access: &str,
+    known: &Known,
+) -> Result<(), store::StoreError> {
+    let seen_by_all = known
+        .get(&shared_key(ty, system, value))
+        .is_some_and(|(kid, ka)| kid == id && access.split(' ').all(|k| ka.split(' ').any(|have| have == k)));
+    if crate::access::is_directory_type(ty) || seen_by_all {
+        return Ok(());
+    }
+    let current = tx.current(ty, id).await?.map(|c| c.access).unwrap_or_default();
+    let merged = access.split(' ').fold(current.clone(), |a, key| store::access_with(&a, key));
+    if merged != current {
+        tx.grant(ty, id, &merged).await?;
+    }
+    Ok(())
+}
+
+/// The bookkeeping row of a push: the record's source identity, content and resources.
+fn ingest_row(p: &Prepared, refs: &[String], first_ms: i64, last_ms: i64) -> IngestRecord {
+    let m = &p.mapped;
+    IngestRecord {
+        source_system: m.source_system.as_str().to_owned(),
         record_id: m.record_id.clone(),
         mapping: p.mapping.name.clone(),
         content_hash: p.content_hash.clone(),
         resources: refs.join(" "),
         municipality: m.municipality.clone(),
         info_type: p.mapping.info_type.clone(),
-        first_ms: previous.as_ref().map_or(at_ms, |r| r.first_ms),
-        last_ms: at_ms,
-    })
-    .await?;
+        first_ms,
+        last_ms,
+    }
+}
+
+/// A record's writes made ready before its transaction begins (see
+/// [`interactions::ready_version`]), for the common case: a record whose
+/// shared resources were all found beforehand and that writes no transfer
+/// Task. It is used only if the transaction finds the record new;
+/// otherwise, and for every other record, [`write_record`] works it out
+/// inside the transaction.
+struct Ready {
+    /// Every resource's id, in the mapping's order.
+    ids: Vec<String>,
+    /// `Type/id` of every resource.
+    refs: Vec<String>,
+    /// Who may see what the record writes.
+    access: String,
+    /// Version 1 of each of the record's own resources, then its Provenance.
+    versions: Vec<interactions::ReadyVersion>,
+    at_ms: i64,
+    audit: store::AuditRecord,
+}
+
+fn ready(p: &Prepared, actor: &Actor, known: &Known, request: &str) -> Option<Ready> {
+    let m = &p.mapped;
+    if m.resources.iter().any(|r| r.resource_type == "Task") {
+        return None;
+    }
+    let at_ms = interactions::now_ms();
+    let owned = OwnedIds::of(m, None, at_ms);
+    let mut ids = Vec::with_capacity(m.resources.len());
+    let mut by_key = HashMap::new();
+    for r in &m.resources {
+        let id = match &r.identity {
+            Identity::Owned => owned.id(m, &r.key),
+            Identity::Shared { system, value } => known.get(&shared_key(&r.resource_type, system, value))?.0.clone(),
+        };
+        by_key.insert(format!("{KEY_REFERENCE_PREFIX}{}", r.key), format!("{}/{id}", r.resource_type));
+        ids.push(id);
+    }
+    let access = record_access(m);
+    let mut versions = Vec::new();
+    for (r, id) in m.resources.iter().zip(&ids) {
+        if !matches!(r.identity, Identity::Owned) {
+            continue;
+        }
+        let mut body = r.body.clone();
+        resolve_keys(&mut body, &by_key);
+        if dangling_key_reference(&body).is_some() {
+            return None; // refused inside the transaction, with its reason
+        }
+        let ty = r.resource_type.as_str();
+        versions.push(interactions::ready_version(ty, id, 1, at_ms, body, StatusCode::CREATED, &access));
+    }
+    if !versions.is_empty() {
+        let targets: Vec<_> = versions.iter().map(|v| (v.ty.as_str(), v.id.as_str(), v.version)).collect();
+        let body = provenance(p, &targets, at_ms, Status::Created);
+        let id = owned.id(m, PROVENANCE_KEY);
+        versions.push(interactions::ready_version("Provenance", &id, 1, at_ms, body, StatusCode::OK, &access));
+    }
+    let refs: Vec<String> = m.resources.iter().zip(&ids).map(|(r, id)| format!("{}/{id}", r.resource_type)).collect();
+    let audit = ingest_audit(actor, StatusCode::CREATED, &refs, request);
+    Some(Ready { ids, refs, access, versions, at_ms, audit })
+}
+
+/// Writes a record made [`Ready`]: only the statements are left.
+async fn write_ready_record(
+    tx: &mut dyn StoreTx,
+    p: &Prepared,
+    ready: Ready,
+    resolved: &mut Resolved,
+    known: &Known,
+) -> Result<(Status, Vec<String>), WriteError> {
+    for (r, id) in p.mapped.resources.iter().zip(&ready.ids) {
+        if let Identity::Shared { system, value } = &r.identity {
+            share(tx, &r.resource_type, id, system, value, &ready.access, known).await?;
+            resolved.insert(shared_key(&r.resource_type, system, value), id.clone());
+        }
+    }
+    for v in ready.versions {
+        interactions::write_ready(tx, v, "PUT").await.map_err(WriteError::Aborted)?;
+    }
+    tx.put_ingest_record(&ingest_row(p, &ready.refs, ready.at_ms, ready.at_ms)).await?;
+    tx.audit(ready.audit).await?;
+    Ok((Status::Created, ready.refs))
+}
+
+/// The audit entry of a push that wrote or found `refs`.
+fn ingest_audit(actor: &Actor, status: StatusCode, refs: &[String], request: &str) -> store::AuditRecord {
     let patients: Arc<str> =
         refs.iter().filter(|r| r.starts_with("Patient/")).cloned().collect::<Vec<_>>().join(" ").into();
     let seen: Vec<Seen> = refs.iter().map(|r| Seen { reference: r.clone(), patients: patients.clone() }).collect();
-    let http = if status == Status::Created { StatusCode::CREATED } else { StatusCode::OK };
-    audit_in(tx, actor, http, &seen, request).await?;
-    Ok((status, refs))
-}
-
-async fn audit_in(
-    tx: &mut dyn StoreTx,
-    actor: &Actor,
-    status: StatusCode,
-    seen: &[Seen],
-    request: &str,
-) -> Result<(), store::StoreError> {
-    let entry = audit::Entry { actor, event: audit::Event::Ingest, status, seen, request: Some(request), reason: None };
-    tx.audit(entry.record()).await
+    let entry =
+        audit::Entry { actor, event: audit::Event::Ingest, status, seen: &seen, request: Some(request), reason: None };
+    entry.record()
 }
 
 /// The id of a shared resource: the derived one if it exists, else one found
@@ -544,14 +693,14 @@ fn dangling_key_reference(v: &Value) -> Option<String> {
 
 /// The Provenance of one push of a record: what was written, from which
 /// source system and record, by which mapping version, when.
-fn provenance(p: &Prepared, written: &[interactions::Written], at_ms: i64, status: Status) -> Value {
+fn provenance(p: &Prepared, written: &[(&str, &str, i64)], at_ms: i64, status: Status) -> Value {
     let m = &p.mapped;
     let json = |text: String| crate::json::parse(text.as_bytes()).unwrap_or(Value::Null);
     let targets: Vec<Value> = written
         .iter()
-        .map(|w| {
+        .map(|(ty, id, version)| {
             let mut r = Object::new();
-            r.insert("reference", format!("{}/{}/_history/{}", w.ty, w.id, w.version).into());
+            r.insert("reference", format!("{ty}/{id}/_history/{version}").into());
             Value::Object(r)
         })
         .collect();
@@ -644,12 +793,13 @@ async fn try_group(
     request: &str,
 ) -> Result<Vec<(usize, Receipt)>, ApiError> {
     let known = look_up_shared(store, group).await;
+    let readies: Vec<Option<Ready>> = group.iter().map(|(_, p)| ready(p, actor, &known, request)).collect();
     let mut tx = store.begin().await?;
     let mut receipts = Vec::with_capacity(group.len());
     let mut resolved = Resolved::new();
-    for (index, p) in group {
+    for ((index, p), ready) in group.iter().zip(readies) {
         let record_id = Some(p.mapped.record_id.clone());
-        match write_record(tx.as_mut(), actor, p, request, &mut resolved, &known).await {
+        match write_record(tx.as_mut(), actor, p, request, &mut resolved, &known, ready).await {
             Ok((status, resources)) => {
                 receipts.push((*index, Receipt { record_id, status, resources, rejection: None }));
             }
@@ -688,4 +838,67 @@ pub async fn audit_rejections(
         return Ok(());
     }
     store.append_audit(records).await.map_err(ApiError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::MappedResource;
+
+    fn record(record_id: &str) -> MappedRecord {
+        let owned = |key: &str, ty: &str| MappedResource {
+            key: key.into(),
+            resource_type: ty.into(),
+            identity: Identity::Owned,
+            body: Value::Null,
+        };
+        MappedRecord {
+            record_id: record_id.into(),
+            source_system: HsaId::parse("SE2120001231-EHR1").unwrap(),
+            organization: HsaId::parse("SE2120001231-0001").unwrap(),
+            municipality: Some("1281".into()),
+            recipients: vec![],
+            resources: vec![owned("observation", "Observation"), owned("goal[1]", "Goal")],
+        }
+    }
+
+    fn ingest_row_listing(m: &MappedRecord, ids: &OwnedIds) -> IngestRecord {
+        let resources: Vec<String> =
+            m.resources.iter().map(|r| format!("{}/{}", r.resource_type, ids.id(m, &r.key))).collect();
+        IngestRecord {
+            source_system: m.source_system.as_str().into(),
+            record_id: m.record_id.clone(),
+            mapping: "funktionsstatus".into(),
+            content_hash: String::new(),
+            resources: resources.join(" "),
+            municipality: None,
+            info_type: None,
+            first_ms: 1_700_000_000_000,
+            last_ms: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn owned_ids_sort_by_first_push_and_are_found_again_by_it() {
+        let (a, b) = (record("r1"), record("r2"));
+        let first = OwnedIds::of(&a, None, 1_700_000_000_000).id(&a, "observation");
+        let later = OwnedIds::of(&b, None, 1_700_000_000_001).id(&b, "observation");
+        assert!(first < later, "{first} then {later}");
+        assert_eq!(first.len(), 32);
+        assert!(first.starts_with(&format!("{:012x}", 1_700_000_000_000_i64)));
+        // A repeated push: the ingest row's first time gives the same ids.
+        let previous = ingest_row_listing(&a, &OwnedIds::Timed(1_700_000_000_000));
+        let again = OwnedIds::of(&a, Some(&previous), previous.first_ms);
+        assert_eq!(again.id(&a, "observation"), first);
+        assert_ne!(again.id(&a, "goal[1]"), first, "each resource of a record has its own id");
+    }
+
+    #[test]
+    fn records_first_pushed_with_untimed_ids_keep_them() {
+        let m = record("r1");
+        let previous = ingest_row_listing(&m, &OwnedIds::Untimed);
+        let ids = OwnedIds::of(&m, Some(&previous), previous.first_ms);
+        assert_eq!(ids.id(&m, "observation"), derived_id(&["SE2120001231-EHR1", "r1", "observation"]));
+        assert_eq!(ids.id(&m, PROVENANCE_KEY), derived_id(&["SE2120001231-EHR1", "r1", "provenance"]));
+    }
 }

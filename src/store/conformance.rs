@@ -285,6 +285,36 @@ async fn a_client_assertion_is_claimed_once_until_it_expires() {
     assert!(store.claim_assertion("k1", 4_000, 3_000).await.unwrap());
 }
 
+#[tokio::test]
+async fn a_record_pushed_first_elsewhere_is_a_conflict_and_a_later_push_updates_it() {
+    let (_db, store) = store().await;
+    let row = |first_ms: i64, last_ms: i64, hash: &str| super::IngestRecord {
+        source_system: "SE2120001231-EHR1".into(),
+        record_id: "r1".into(),
+        mapping: "funktionsstatus".into(),
+        content_hash: hash.into(),
+        resources: format!("Observation/{first_ms:012x}"),
+        municipality: Some("1281".into()),
+        info_type: None,
+        first_ms,
+        last_ms,
+    };
+    let mut tx = store.begin().await.unwrap();
+    tx.put_ingest_record(&row(1_000, 1_000, "a")).await.unwrap();
+    tx.commit().await.unwrap();
+    // Another first push of the same record (its own first time, its own ids) is refused…
+    let mut tx = store.begin().await.unwrap();
+    let refused = tx.put_ingest_record(&row(2_000, 2_000, "b")).await;
+    assert!(matches!(refused, Err(StoreError::Conflict(_))), "{refused:?}");
+    drop(tx);
+    // … a later push of it (same first time) updates the row.
+    let mut tx = store.begin().await.unwrap();
+    tx.put_ingest_record(&row(1_000, 3_000, "c")).await.unwrap();
+    let stored = tx.ingest_record("SE2120001231-EHR1", "r1").await.unwrap().unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(stored, row(1_000, 3_000, "c"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_audit_append_whose_caller_gave_up_holds_up_no_other() {
     let (_db, store) = store().await;

@@ -409,6 +409,9 @@ pub trait StoreTx: Send {
     /// The remembered ingested record `(source_system, record_id)`.
     async fn ingest_record(&mut self, source_system: &str, record_id: &str) -> StoreResult<Option<IngestRecord>>;
     /// Inserts or replaces an ingested record's entry.
+    /// Records a push. A record's first push inserts its row; a later one
+    /// (same `first_ms`) updates it. A row with another `first_ms` means
+    /// that another transaction pushed the record first: `Conflict`.
     async fn put_ingest_record(&mut self, record: &IngestRecord) -> StoreResult<()>;
     /// Waits until no other transaction (of any process) holds `key`, then
     /// holds it until this one ends. A single-writer backend holds every key already.
@@ -452,6 +455,14 @@ pub(crate) fn index_columns(v: &IndexValue) -> (plan::IndexTable, Vec<sql::Arg>)
         }
         IndexValue::Uri(u) => (IndexTable::Uri, vec![Arg::Text(u.clone())]),
     }
+}
+
+/// The refusal of a first push whose record another transaction pushed first.
+pub(crate) fn first_push_conflict(r: &IngestRecord) -> StoreError {
+    StoreError::Conflict(format!(
+        "record {} of {} was pushed by another request meanwhile",
+        r.record_id, r.source_system
+    ))
 }
 
 /// How long a cached version may be served when other processes share the

@@ -977,12 +977,13 @@ impl StoreTx for PgTx {
     }
 
     async fn put_ingest_record(&mut self, r: &IngestRecord) -> StoreResult<()> {
-        sqlx::query(
+        let changed = sqlx::query(
             "INSERT INTO ingest_records (source_system, record_id, mapping, content_hash, resources, municipality, \
              info_type, first_ms, last_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (source_system, record_id) DO UPDATE SET mapping = excluded.mapping, \
              content_hash = excluded.content_hash, resources = excluded.resources, municipality = excluded.municipality, \
-             info_type = excluded.info_type, first_ms = excluded.first_ms, last_ms = excluded.last_ms",
+             info_type = excluded.info_type, last_ms = excluded.last_ms \
+             WHERE ingest_records.first_ms = excluded.first_ms",
         )
         .bind(&r.source_system)
         .bind(&r.record_id)
@@ -995,7 +996,11 @@ impl StoreTx for PgTx {
         .bind(r.last_ms)
         .execute(&mut *self.tx)
         .await
-        .map_err(err)?;
+        .map_err(err)?
+        .rows_affected();
+        if changed == 0 {
+            return Err(super::first_push_conflict(r));
+        }
         Ok(())
     }
 

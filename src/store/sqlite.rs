@@ -1239,13 +1239,13 @@ impl StoreTx for SqliteTx {
     }
 
     async fn put_ingest_record(&mut self, r: &IngestRecord) -> StoreResult<()> {
-        self.exec(
+        let changed = self.exec(
             "INSERT OR FAIL INTO ingest_records (source_system, record_id, mapping, content_hash, resources, \
              municipality, info_type, first_ms, last_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (source_system, record_id) DO UPDATE SET mapping = excluded.mapping, \
              content_hash = excluded.content_hash, resources = excluded.resources, \
-             municipality = excluded.municipality, info_type = excluded.info_type, first_ms = excluded.first_ms, \
-             last_ms = excluded.last_ms",
+             municipality = excluded.municipality, info_type = excluded.info_type, last_ms = excluded.last_ms \
+             WHERE ingest_records.first_ms = excluded.first_ms",
             params![
                 r.source_system,
                 r.record_id,
@@ -1258,6 +1258,9 @@ impl StoreTx for SqliteTx {
                 r.last_ms
             ],
         )?;
+        if changed == 0 {
+            return Err(super::first_push_conflict(r));
+        }
         Ok(())
     }
 

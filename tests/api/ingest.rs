@@ -150,6 +150,33 @@ async fn concurrent_pushes_of_one_patient_create_one_patient() {
 }
 
 #[tokio::test]
+async fn concurrent_first_pushes_of_one_record_write_it_once() {
+    let app = spawn_app().await;
+    // The patient, care unit and author exist already: nothing serialises the pushes.
+    let mut earlier = example("funktionsstatus-padl.json");
+    earlier["recordId"] = json!("fs-earlier");
+    let warm = app.push_as("lund-ehr", "/ingest/funktionsstatus", &earlier.to_string()).await;
+    assert_eq!(warm.status, StatusCode::CREATED, "{}", warm.text);
+    let record = example("funktionsstatus-padl.json").to_string();
+    let pushes = (0..8).map(|_| {
+        let (app, record) = (&app, &record);
+        async move { app.push_as("lund-ehr", "/ingest/funktionsstatus", record).await }
+    });
+    let results = futures::future::join_all(pushes).await;
+    let mut created = 0;
+    for r in &results {
+        assert!(r.status == StatusCode::CREATED || r.status == StatusCode::OK, "{}", r.text);
+        created += usize::from(r.json["status"] == "created");
+        assert_eq!(resources_of(r), resources_of(&results[0]), "every receipt names the same resources");
+    }
+    assert_eq!(created, 1, "one push writes the record, the others find it unchanged");
+    let observations = app.get("/fhir/Observation?_summary=count").await;
+    assert_eq!(observations.json["total"], 2, "{}", observations.text);
+    let provenances = app.get("/fhir/Provenance?_summary=count").await;
+    assert_eq!(provenances.json["total"], 2, "{}", provenances.text);
+}
+
+#[tokio::test]
 async fn every_input_rule_refuses_with_the_field_that_breaks_it() {
     let app = spawn_app().await;
     let base = example("funktionsstatus-padl.json");
