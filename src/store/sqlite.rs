@@ -1337,6 +1337,7 @@ fn index_insert(table: IndexTable, rows: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fhir::search::extract::IndexValue;
 
     async fn store() -> (tempfile::TempDir, Arc<SqliteStore>) {
         let dir = tempfile::tempdir().unwrap();
@@ -1346,21 +1347,25 @@ mod tests {
         (dir, Arc::new(store))
     }
 
-    async fn put(store: &SqliteStore, id: &str, commit: bool) {
-        let mut tx = store.begin().await.unwrap();
-        let body = format!("{{\"resourceType\":\"Patient\",\"id\":\"{id}\"}}");
-        let v = NewVersion {
+    /// Version 1 of `Patient/id`.
+    fn first_version<'a>(id: &'a str, body: &'a str, index: Vec<(&'static str, IndexValue)>) -> NewVersion<'a> {
+        NewVersion {
             ty: "Patient",
             id,
             version: 1,
             last_updated_ms: 1,
-            method: "POST",
-            body: &body,
-            index: vec![],
+            method: "PUT",
+            body,
+            index,
             access: "",
             patients: "",
-        };
-        tx.put(v).await.unwrap();
+        }
+    }
+
+    async fn put(store: &SqliteStore, id: &str, commit: bool) {
+        let mut tx = store.begin().await.unwrap();
+        let body = format!("{{\"resourceType\":\"Patient\",\"id\":\"{id}\"}}");
+        tx.put(first_version(id, &body, vec![])).await.unwrap();
         if commit {
             tx.commit().await.unwrap();
         }
@@ -1399,19 +1404,7 @@ mod tests {
         let (_dir, store) = store().await;
         put(&store, "a", true).await;
         let mut tx = store.begin().await.unwrap();
-        let body = "{}";
-        let dup = NewVersion {
-            ty: "Patient",
-            id: "a",
-            version: 1,
-            last_updated_ms: 1,
-            method: "PUT",
-            body,
-            index: vec![],
-            access: "",
-            patients: "",
-        };
-        let result = tx.put(dup).await;
+        let result = tx.put(first_version("a", "{}", vec![])).await;
         drop(tx);
         assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
         put(&store, "after", true).await;
@@ -1421,7 +1414,7 @@ mod tests {
 
     #[tokio::test]
     async fn index_rows_beyond_one_insert_are_all_written() {
-        use crate::fhir::search::{extract::IndexValue, values::TokenQuery};
+        use crate::fhir::search::values::TokenQuery;
         let (_dir, store) = store().await;
         let rows = 2 * INDEX_ROWS_PER_INSERT + 3;
         let index = (0..rows)
@@ -1433,18 +1426,7 @@ mod tests {
             })
             .collect();
         let mut tx = store.begin().await.unwrap();
-        let v = NewVersion {
-            ty: "Patient",
-            id: "many",
-            version: 1,
-            last_updated_ms: 1,
-            method: "PUT",
-            body: r#"{"resourceType":"Patient","id":"many"}"#,
-            index,
-            access: "",
-            patients: "",
-        };
-        tx.put(v).await.unwrap();
+        tx.put(first_version("many", r#"{"resourceType":"Patient","id":"many"}"#, index)).await.unwrap();
         tx.commit().await.unwrap();
         for n in [0, INDEX_ROWS_PER_INSERT - 1, INDEX_ROWS_PER_INSERT, rows - 1] {
             let mut plan = SearchPlan::new("Patient");
@@ -1459,7 +1441,6 @@ mod tests {
 
     #[test]
     fn each_index_value_fills_its_tables_columns() {
-        use crate::fhir::search::extract::IndexValue;
         let values = [
             IndexValue::Token { system: None, code: Some("c".into()), text: None },
             IndexValue::String { exact: "A".into(), normalized: "a".into() },
@@ -1490,18 +1471,7 @@ mod tests {
             let id = format!("p{i}");
             let body = format!(r#"{{"resourceType":"Patient","id":"{id}","text":"{text}"}}"#);
             let mut tx = store.begin().await.unwrap();
-            let v = NewVersion {
-                ty: "Patient",
-                id: &id,
-                version: 1,
-                last_updated_ms: 1,
-                method: "PUT",
-                body: &body,
-                index: vec![],
-                access: "",
-                patients: "",
-            };
-            tx.put(v).await.unwrap();
+            tx.put(first_version(&id, &body, vec![])).await.unwrap();
             tx.commit().await.unwrap();
         }
         let mut after = before;
