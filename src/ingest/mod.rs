@@ -225,7 +225,7 @@ impl OwnedIds {
     fn id(&self, m: &MappedRecord, key: &str) -> String {
         let hash = derived_id(&[m.source_system.as_str(), &m.record_id, key]);
         match self {
-            OwnedIds::Timed(ms) => format!("{:012x}{}", ms.clamp(&0, &0xffff_ffff_ffff), &hash[..20]),
+            OwnedIds::Timed(ms) => format!("{:012x}{}", (*ms).clamp(0, 0xffff_ffff_ffff), &hash[..20]),
             OwnedIds::Untimed => hash,
         }
     }

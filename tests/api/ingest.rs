@@ -248,6 +248,30 @@ async fn a_batch_answers_each_record_in_order_and_one_bad_record_harms_no_other(
 }
 
 #[tokio::test]
+async fn a_batch_of_more_than_a_megabyte_is_written_whole() {
+    let app = spawn_app().await;
+    // Parsed on a blocking thread (bodies over 1 MiB), unlike the small ones above.
+    let text = "Nedsatt muskelkraft i benen. ".repeat(17);
+    let lines: Vec<String> = (0..1200)
+        .map(|i| {
+            let mut r = example("funktionsstatus-icf.json");
+            r["recordId"] = json!(format!("big-{i}"));
+            r["disability"]["text"] = json!(text);
+            r.to_string()
+        })
+        .collect();
+    let body = lines.join("\n");
+    assert!(body.len() > 1024 * 1024, "{} bytes", body.len());
+    let r = app.push_as("lund-ehr", "/ingest/funktionsstatus/batch", &body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let receipts = r.json["receipts"].as_array().unwrap();
+    assert_eq!(receipts.len(), 1200);
+    assert!(receipts.iter().all(|x| x["status"] == "created"), "{}", r.text);
+    assert_eq!(receipts[1199]["recordId"], "big-1199");
+    assert_eq!(app.get("/fhir/Observation?_summary=count").await.json["total"], 1200);
+}
+
+#[tokio::test]
 async fn a_batch_of_more_than_ten_thousand_records_is_refused_whole() {
     let app = spawn_app().await;
     let body = "{}\n".repeat(10_001);
