@@ -346,7 +346,8 @@ async fn write_record(
 
     // Who may see what the record writes: its organisation and its recipients.
     let access = record_access(m);
-    let first_ms = previous.as_ref().map_or_else(interactions::now_ms, |r| r.first_ms);
+    let at_ms = interactions::now_ms();
+    let first_ms = previous.as_ref().map_or(at_ms, |r| r.first_ms);
     let owned = OwnedIds::of(m, previous.as_ref(), first_ms);
 
     // Resolve every resource's id before writing anything.
@@ -461,7 +462,6 @@ async fn write_record(
         }
     }
     let status = if previous.is_some() || any_updated { Status::Updated } else { Status::Created };
-    let at_ms = interactions::now_ms();
     if !written.is_empty() {
         let targets: Vec<_> = written.iter().map(|w| (w.ty.as_str(), w.id.as_str(), w.version)).collect();
         let provenance = provenance(p, &targets, at_ms, status);
@@ -556,7 +556,7 @@ fn ready(p: &Prepared, actor: &Actor, known: &Known, request: &str) -> Option<Re
         return None;
     }
     let at_ms = interactions::now_ms();
-    let owned = OwnedIds::of(m, None, at_ms);
+    let owned = OwnedIds::Timed(at_ms);
     let mut ids = Vec::with_capacity(m.resources.len());
     let mut by_key = HashMap::new();
     for r in &m.resources {

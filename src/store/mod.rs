@@ -408,7 +408,6 @@ pub trait StoreTx: Send {
     async fn same_transfer(&mut self, row: &TransferRow) -> StoreResult<Option<String>>;
     /// The remembered ingested record `(source_system, record_id)`.
     async fn ingest_record(&mut self, source_system: &str, record_id: &str) -> StoreResult<Option<IngestRecord>>;
-    /// Inserts or replaces an ingested record's entry.
     /// Records a push. A record's first push inserts its row; a later one
     /// (same `first_ms`) updates it. A row with another `first_ms` means
     /// that another transaction pushed the record first: `Conflict`.
