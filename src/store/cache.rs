@@ -19,8 +19,8 @@ use async_trait::async_trait;
 use moka::{ops::compute::Op, sync::Cache};
 
 use super::{
-    AuditQuery, AuditRecord, AuditRow, Current, HistoryPage, HistoryQuery, IngestRecord, NewVersion, Notification,
-    NpoOrganization, NpoStatement, Observed, SearchPage, SearchPlan, Store, StoreResult, StoreTx, Stored,
+    AuditQuery, AuditRecord, AuditRow, Current, HistoryPage, HistoryQuery, IdentifierHit, IngestRecord, NewVersion,
+    Notification, NpoOrganization, NpoStatement, Observed, SearchPage, SearchPlan, Store, StoreResult, StoreTx, Stored,
     SubscriptionRow, TransferRow,
 };
 
@@ -162,6 +162,10 @@ impl Store for CachedStore {
         limit: usize,
     ) -> StoreResult<Vec<Stored>> {
         self.inner.revinclude(rows, source_type, param, limit).await
+    }
+
+    async fn find_by_identifier(&self, values: &[&str]) -> StoreResult<Vec<IdentifierHit>> {
+        self.inner.find_by_identifier(values).await
     }
 
     async fn begin(&self) -> StoreResult<Box<dyn StoreTx>> {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{AuditRecord, Filter, HistoryQuery, Notification, SearchPlan, Store, StoreError, open, plan::Atom};
+use super::{AuditRecord, Filter, HistoryQuery, Notification, SearchPlan, Store, StoreError, open, plan::Atom, sql};
 use crate::{
     audit::{Verdict, verify},
     config::DatabaseConfig,
@@ -344,4 +344,78 @@ async fn an_audit_append_whose_caller_gave_up_holds_up_no_other() {
     assert!(matches!(verify(&*store).await.unwrap(), Verdict::Intact { .. }));
     let q = super::AuditQuery { event_id: Some("waiting".into()), count: 1, ..Default::default() };
     assert_eq!(store.audit_entries(&q).await.unwrap().len(), 1);
+}
+
+/// Writes version 1 of `ty/id` carrying `identifiers` (system, value) under
+/// `param`, visible to `access`.
+async fn put_identified(
+    store: &dyn Store,
+    ty: &str,
+    id: &str,
+    param: &'static str,
+    identifiers: &[(Option<&str>, &str)],
+    access: &str,
+) {
+    let index = identifiers
+        .iter()
+        .map(|(system, value)| {
+            (
+                param,
+                IndexValue::Token { system: system.map(str::to_owned), code: Some((*value).to_owned()), text: None },
+            )
+        })
+        .collect();
+    let body = format!(r#"{{"resourceType":"{ty}","id":"{id}"}}"#);
+    let mut tx = store.begin().await.unwrap();
+    tx.put(NewVersion {
+        ty,
+        id,
+        version: 1,
+        last_updated_ms: 1,
+        method: "POST",
+        body: &body,
+        index,
+        access,
+        patients: "",
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn resources_are_found_by_identifier_value_under_any_system_oldest_first() {
+    let (_db, store) = store().await;
+    let store = &*store;
+    put_identified(store, "Patient", "older", "identifier", &[(Some("urn:a"), "v1")], "org1").await;
+    put_identified(store, "Patient", "newer", "identifier", &[(Some("urn:b"), "v1")], "").await;
+    put_identified(store, "Organization", "o", "identifier", &[(Some("urn:a"), "v2")], "").await;
+    put_identified(store, "Organization", "o2", "identifier", &[(None, "v3")], "").await;
+    put_identified(store, "Patient", "gone", "identifier", &[(Some("urn:a"), "v4")], "").await;
+    let mut tx = store.begin().await.unwrap();
+    tx.delete("Patient", "gone", 2, 2).await.unwrap();
+    tx.commit().await.unwrap();
+    put_identified(store, "Observation", "not-an-identifier", "code", &[(Some("urn:a"), "v1")], "").await;
+    // Beyond one query's worth of values, the last one is found too.
+    let many: Vec<String> = (0..sql::IDENTIFIER_VALUES_PER_QUERY + 10).map(|i| format!("filler-{i}")).collect();
+    put_identified(store, "Practitioner", "last", "identifier", &[(Some("urn:c"), many.last().unwrap())], "").await;
+
+    let mut values = vec!["v1", "v2", "v3", "v4", "v5"];
+    values.extend(many.iter().map(String::as_str));
+    let hits = store.find_by_identifier(&values).await.unwrap();
+    let seen: Vec<_> = hits
+        .iter()
+        .map(|h| (h.ty.as_str(), h.id.as_str(), h.access.as_str(), h.system.as_deref(), h.value.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("Patient", "older", "org1", Some("urn:a"), "v1"),
+            ("Patient", "newer", "", Some("urn:b"), "v1"),
+            ("Organization", "o", "", Some("urn:a"), "v2"),
+            ("Organization", "o2", "", None, "v3"),
+            ("Practitioner", "last", "", Some("urn:c"), many.last().unwrap().as_str()),
+        ]
+    );
+    assert!(store.find_by_identifier(&[]).await.unwrap().is_empty());
 }

@@ -56,6 +56,18 @@ pub struct Current {
     pub access: String,
 }
 
+/// A current resource found by one of its identifiers ([`Store::find_by_identifier`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentifierHit {
+    pub ty: String,
+    pub id: String,
+    /// Organisations that may see it (see [`Stored::access`]).
+    pub access: String,
+    /// The identifier's system and value.
+    pub system: Option<String>,
+    pub value: String,
+}
+
 /// The internal token search parameter holding the organisations that may see a resource.
 pub const ACCESS_PARAM: &str = "_access";
 
@@ -326,6 +338,10 @@ pub trait Store: Send + Sync + 'static {
         param: &str,
         limit: usize,
     ) -> StoreResult<Vec<Stored>>;
+    /// Current resources carrying an identifier whose value is one of
+    /// `values`, under any system, oldest first for each value: the shared
+    /// resources of a whole ingest batch found in one query, not one search each.
+    async fn find_by_identifier(&self, values: &[&str]) -> StoreResult<Vec<IdentifierHit>>;
     /// Starts a write transaction. Dropping it without `commit` rolls back.
     async fn begin(&self) -> StoreResult<Box<dyn StoreTx>>;
     /// Appends audit entries durably (group-committed with concurrent appends).

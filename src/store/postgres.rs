@@ -32,9 +32,9 @@ use sqlx::{
 };
 
 use super::{
-    ACCESS_PARAM, AuditQuery, AuditRecord, AuditRow, Current, HistoryPage, HistoryQuery, IngestRecord, NewVersion,
-    Notification, NpoOrganization, NpoStatement, Observed, SearchPage, SearchPlan, Store, StoreError, StoreResult,
-    StoreTx, Stored, SubscriptionRow, TransferRow,
+    ACCESS_PARAM, AuditQuery, AuditRecord, AuditRow, Current, HistoryPage, HistoryQuery, IdentifierHit, IngestRecord,
+    NewVersion, Notification, NpoOrganization, NpoStatement, Observed, SearchPage, SearchPlan, Store, StoreError,
+    StoreResult, StoreTx, Stored, SubscriptionRow, TransferRow,
     audit_queue::{self, AuditQueue, AuditRequests},
     cache::Invalidator,
     plan::IndexTable,
@@ -417,6 +417,19 @@ impl Store for PgStore {
             return Ok(Vec::new());
         }
         self.fetch_rows(&sql::revinclude_query(rows, source_type, param, limit)).await
+    }
+
+    async fn find_by_identifier(&self, values: &[&str]) -> StoreResult<Vec<IdentifierHit>> {
+        let mut hits = Vec::new();
+        for chunk in values.chunks(sql::IDENTIFIER_VALUES_PER_QUERY) {
+            let sql = sql::identifier_lookup(chunk);
+            let text = sql.render(Dialect::Postgres);
+            let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(&self.pool).await.map_err(err)?;
+            for row in &rows {
+                hits.push(rows::identifier_hit(row).map_err(err)?);
+            }
+        }
+        Ok(hits)
     }
 
     async fn begin(&self) -> StoreResult<Box<dyn StoreTx>> {

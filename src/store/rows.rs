@@ -5,7 +5,7 @@
 use sqlx::{ColumnIndex, Database, Decode, Encode, Row, Type, query::Query};
 
 use super::{
-    AuditRow, NpoOrganization, NpoStatement, Observed, SearchPlan, Stored, SubscriptionRow, TransferRow,
+    AuditRow, IdentifierHit, NpoOrganization, NpoStatement, Observed, SearchPlan, Stored, SubscriptionRow, TransferRow,
     plan::{Cursor, CursorValue},
     sql::Arg,
     sql::{self as sqlgen, CursorKind},
@@ -93,6 +93,11 @@ pub(crate) fn stored<R: SqlRow>(row: &R) -> Result<Stored, sqlx::Error> {
         access: row.text(8)?.into(),
         patients: row.text(9)?.into(),
     })
+}
+
+/// Reads a row selected by [`sqlgen::identifier_lookup`].
+pub(crate) fn identifier_hit<R: SqlRow>(r: &R) -> Result<IdentifierHit, sqlx::Error> {
+    Ok(IdentifierHit { ty: r.text(0)?, id: r.text(1)?, access: r.text(2)?, system: r.opt_text(3)?, value: r.text(4)? })
 }
 
 /// The columns of the transfers table, in [`transfer_row`]'s order.

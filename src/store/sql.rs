@@ -203,6 +203,25 @@ pub fn audit_query(q: &super::AuditQuery, dialect: Dialect) -> Option<Sql> {
     Some(sql)
 }
 
+/// Values per [`identifier_lookup`] query: far below either backend's limit
+/// on bound arguments, and one query still answers a whole ingest batch.
+pub const IDENTIFIER_VALUES_PER_QUERY: usize = 512;
+
+/// Current resources with an identifier whose value is one of `values`,
+/// under any system (decoded by `rows::identifier_hit`), oldest first.
+pub fn identifier_lookup(values: &[&str]) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("SELECT r.res_type, r.res_id, r.access, t.system, t.code FROM idx_token t JOIN resources r ON r.rid = t.rid WHERE t.param = 'identifier' AND t.code IN (");
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.text_arg(v);
+    }
+    sql.push(") AND r.deleted = 0 ORDER BY r.rid");
+    sql
+}
+
 /// Current resources that `rows` reference through `param` (an `_include`).
 pub fn include_query(rows: &[Stored], param: &str, target_type: Option<&str>, limit: usize) -> Sql {
     let mut sql = Sql::default();

@@ -45,9 +45,9 @@ use tokio::sync::{Mutex, Notify, OwnedMutexGuard, oneshot};
 
 use super::ACCESS_PARAM;
 use super::{
-    AuditQuery, AuditRecord, AuditRow, Current, HistoryPage, HistoryQuery, IngestRecord, NewVersion, Notification,
-    NpoOrganization, NpoStatement, Observed, SearchPage, SearchPlan, Store, StoreError, StoreResult, StoreTx, Stored,
-    SubscriptionRow, TransferRow,
+    AuditQuery, AuditRecord, AuditRow, Current, HistoryPage, HistoryQuery, IdentifierHit, IngestRecord, NewVersion,
+    Notification, NpoOrganization, NpoStatement, Observed, SearchPage, SearchPlan, Store, StoreError, StoreResult,
+    StoreTx, Stored, SubscriptionRow, TransferRow,
     audit_journal::{self, DurableBatches, Journal, Position},
     audit_queue::CommitResult,
     plan::{Cursor, IndexTable},
@@ -639,6 +639,19 @@ impl Store for SqliteStore {
         }
         let sql = sql::revinclude_query(rows, source_type, param, limit);
         self.fetch_rows(&sql).await
+    }
+
+    async fn find_by_identifier(&self, values: &[&str]) -> StoreResult<Vec<IdentifierHit>> {
+        let mut hits = Vec::new();
+        for chunk in values.chunks(sql::IDENTIFIER_VALUES_PER_QUERY) {
+            let sql = sql::identifier_lookup(chunk);
+            let text = sql.render(Dialect::Sqlite);
+            let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(&self.readers).await.map_err(err)?;
+            for row in &rows {
+                hits.push(rows::identifier_hit(row).map_err(err)?);
+            }
+        }
+        Ok(hits)
     }
 
     async fn begin(&self) -> StoreResult<Box<dyn StoreTx>> {

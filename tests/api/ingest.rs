@@ -281,6 +281,37 @@ async fn a_batch_of_more_than_ten_thousand_records_is_refused_whole() {
 }
 
 #[tokio::test]
+async fn a_push_finds_the_resources_already_stored_by_identifier_hsa_ids_under_any_of_their_systems() {
+    let app = spawn_app().await;
+    // Another type with the same identifier, stored first, is not the unit.
+    app.create(
+        "Practitioner",
+        r#"{"resourceType":"Practitioner","identifier":[{"system":"urn:oid:1.2.752.129.2.1.4.1","value":"SE2120001231-HSL1"}]}"#,
+    )
+    .await;
+    let patient = app.create("Patient", &crate::helpers::patient_json("Tolvansson", "191212121212")).await;
+    let unit = app
+        .create(
+            "Organization",
+            r#"{"resourceType":"Organization","identifier":[{"system":"urn:oid:1.2.752.129.2.1.4.1","value":"SE2120001231-HSL1"}],"name":"Hemsjukvården Lund"}"#,
+        )
+        .await;
+    let pushed =
+        app.push_as("lund-ehr", "/ingest/funktionsstatus", &example("funktionsstatus-padl.json").to_string()).await;
+    assert_eq!(pushed.status, StatusCode::CREATED, "{}", pushed.text);
+    let refs = resources_of(&pushed);
+    assert_eq!(find(&refs, "Patient"), format!("Patient/{patient}"));
+    assert!(refs.contains(&format!("Organization/{unit}")), "{refs:?}");
+    let patients = app.get("/fhir/Patient?_summary=count").await;
+    assert_eq!(patients.json["total"], 1, "{}", patients.text);
+    let units = app.get("/fhir/Organization?identifier=urn:oid:1.2.752.129.2.1.4.1|SE2120001231-HSL1").await;
+    assert_eq!(units.json["entry"].as_array().map(Vec::len), Some(1), "{}", units.text);
+    // The municipality may now see the patient it pushed for.
+    let r = app.get_as("lund-ehr", &format!("/fhir/Patient/{patient}")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+}
+
+#[tokio::test]
 async fn a_patient_shared_by_two_municipalities_stays_visible_to_both() {
     let app = spawn_app().await;
     let lund =
