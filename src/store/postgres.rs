@@ -50,6 +50,7 @@ use crate::config::DatabaseConfig;
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "schema", include_str!("../../migrations/postgres/0001_schema.sql")),
     (2, "audit_pending", include_str!("../../migrations/postgres/0002_audit_pending.sql")),
+    (3, "union_params", include_str!("../../migrations/postgres/0003_union_params.sql")),
 ];
 
 /// The channel on which commits announce changed resources.

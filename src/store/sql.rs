@@ -4,7 +4,10 @@
 //! Every filter becomes `rid IN (SELECT rid FROM idx_… WHERE …)`, so the
 //! database can drive the query from the most selective index.
 
-use crate::fhir::search::values::{Prefix, TokenQuery};
+use crate::fhir::search::{
+    params,
+    values::{Prefix, TokenQuery},
+};
 
 use super::{
     Stored,
@@ -96,17 +99,17 @@ pub fn search_page(plan: &SearchPlan) -> Sql {
     sql.push("SELECT ").push(ROW_COLUMNS);
     for s in &plan.sort {
         sql.push(", ");
-        sort_expr(&mut sql, s);
+        sort_expr(&mut sql, &plan.ty, s);
     }
     sql.push(" FROM resources r JOIN versions v ON v.vid = r.vid WHERE ");
     where_clause(&mut sql, plan, "r");
     if let Some(cursor) = &plan.after {
         sql.push(" AND ");
-        cursor_condition(&mut sql, &plan.sort, cursor);
+        cursor_condition(&mut sql, &plan.ty, &plan.sort, cursor);
     }
     sql.push(" ORDER BY ");
     for s in &plan.sort {
-        sort_expr(&mut sql, s);
+        sort_expr(&mut sql, &plan.ty, s);
         sql.push(if s.descending { " DESC, " } else { " ASC, " });
     }
     sql.push("r.rid ASC LIMIT ").int(plan.count as i64 + 1);
@@ -272,7 +275,7 @@ fn where_clause(sql: &mut Sql, plan: &SearchPlan, alias: &str) {
         sql.push(alias).push(".res_type = ").text_arg(&plan.ty);
     }
     sql.push(" AND ").push(alias).push(".deleted = 0");
-    conditions(sql, &plan.filters, alias);
+    conditions(sql, &plan.ty, &plan.filters, alias);
 }
 
 /// How a filter is written: as the set that drives the query (`rid IN (…)`,
@@ -296,11 +299,11 @@ fn driver(filters: &[Filter]) -> Option<usize> {
 }
 
 /// Appends ` AND <filter>` for each filter; the most selective one drives.
-fn conditions(sql: &mut Sql, filters: &[Filter], alias: &str) {
+fn conditions(sql: &mut Sql, ty: &str, filters: &[Filter], alias: &str) {
     let driver = driver(filters);
     for (i, f) in filters.iter().enumerate() {
         sql.push(" AND ");
-        filter(sql, f, alias, if Some(i) == driver { Mode::Drive } else { Mode::Check });
+        filter(sql, ty, f, alias, if Some(i) == driver { Mode::Drive } else { Mode::Check });
     }
 }
 
@@ -325,7 +328,7 @@ fn selectivity(f: &Filter) -> u8 {
         .unwrap_or(0)
 }
 
-fn filter(sql: &mut Sql, f: &Filter, alias: &str, mode: Mode) {
+fn filter(sql: &mut Sql, ty: &str, f: &Filter, alias: &str, mode: Mode) {
     let (atoms, negate) = match f {
         Filter::Any(a) => (a, false),
         Filter::None(a) => (a, true),
@@ -341,28 +344,48 @@ fn filter(sql: &mut Sql, f: &Filter, alias: &str, mode: Mode) {
         if i > 0 {
             sql.push(" OR ");
         }
-        atom(sql, a, alias, mode);
+        atom(sql, ty, a, alias, mode);
     }
     sql.push(")");
 }
 
 /// Opens the subquery of one index table, left open for the caller's predicate:
 /// `alias.rid IN (SELECT rid FROM t WHERE param = ? AND ` or
-/// `EXISTS (SELECT 1 FROM t m WHERE m.rid = alias.rid AND m.param = ? AND `.
-fn open_in<'a>(sql: &'a mut Sql, alias: &str, table: IndexTable, param: &str, mode: Mode) -> &'a mut Sql {
+/// `EXISTS (SELECT 1 FROM t m WHERE m.rid = alias.rid AND m.param = ? AND `
+/// (`param IN (…)` for a parameter answered from others' rows, see [`param_is`]).
+fn open_in<'a>(sql: &'a mut Sql, ty: &str, alias: &str, table: IndexTable, param: &str, mode: Mode) -> &'a mut Sql {
     match mode {
-        Mode::Drive => sql.push(alias).push(".rid IN (SELECT rid FROM ").push(table.name()).push(" WHERE param = "),
+        Mode::Drive => sql.push(alias).push(".rid IN (SELECT rid FROM ").push(table.name()).push(" WHERE "),
         Mode::Check => sql
             .push("EXISTS (SELECT 1 FROM ")
             .push(table.name())
             .push(" m WHERE m.rid = ")
             .push(alias)
-            .push(".rid AND m.param = "),
+            .push(".rid AND "),
     };
-    sql.text_arg(param).push(" AND ")
+    param_is(sql, if mode == Mode::Drive { "param" } else { "m.param" }, ty, param).push(" AND ")
 }
 
-fn atom(sql: &mut Sql, a: &Atom, alias: &str, mode: Mode) {
+/// `column = param`, or `column IN (…)` when `ty`'s `param` is the union of
+/// other parameters and has no index rows of its own ([`params::union_of`]).
+fn param_is<'a>(sql: &'a mut Sql, column: &str, ty: &str, param: &str) -> &'a mut Sql {
+    sql.push(column);
+    match params::union_of(ty, param) {
+        None => sql.push(" = ").text_arg(param),
+        Some(parts) => {
+            sql.push(" IN (");
+            for (i, part) in parts.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.text_arg(part);
+            }
+            sql.push(")")
+        }
+    }
+}
+
+fn atom(sql: &mut Sql, of: &str, a: &Atom, alias: &str, mode: Mode) {
     match a {
         Atom::Id(id) => {
             sql.push(alias).push(".res_id = ").text_arg(id);
@@ -372,16 +395,16 @@ fn atom(sql: &mut Sql, a: &Atom, alias: &str, mode: Mode) {
             date_predicate(sql, &col, &col, *prefix, *low, *high);
         }
         Atom::Token { param, query } => {
-            open_in(sql, alias, IndexTable::Token, param, mode);
+            open_in(sql, of, alias, IndexTable::Token, param, mode);
             token_predicate(sql, query, "system", "code");
             sql.push(")");
         }
         Atom::TokenText { param, normalized } => {
-            open_in(sql, alias, IndexTable::Token, param, mode);
+            open_in(sql, of, alias, IndexTable::Token, param, mode);
             sql.push("text_norm LIKE ").text_arg(&format!("%{}%", like_escape(normalized))).push(" ESCAPE '\\')");
         }
         Atom::String { param, mode: how, value } => {
-            open_in(sql, alias, IndexTable::String, param, mode);
+            open_in(sql, of, alias, IndexTable::String, param, mode);
             match how {
                 StringMode::StartsWith => {
                     sql.push("norm >= ").text_arg(value);
@@ -397,12 +420,12 @@ fn atom(sql: &mut Sql, a: &Atom, alias: &str, mode: Mode) {
             sql.push(")");
         }
         Atom::Date { param, prefix, low, high } => {
-            open_in(sql, alias, IndexTable::Date, param, mode);
+            open_in(sql, of, alias, IndexTable::Date, param, mode);
             date_predicate(sql, "low", "high", *prefix, *low, *high);
             sql.push(")");
         }
         Atom::Reference { param, ty, id } => {
-            open_in(sql, alias, IndexTable::Reference, param, mode);
+            open_in(sql, of, alias, IndexTable::Reference, param, mode);
             sql.push("target_id = ").text_arg(id);
             if let Some(ty) = ty {
                 sql.push(" AND target_type = ").text_arg(ty);
@@ -410,7 +433,7 @@ fn atom(sql: &mut Sql, a: &Atom, alias: &str, mode: Mode) {
             sql.push(")");
         }
         Atom::ReferenceUrl { param, url } => {
-            open_in(sql, alias, IndexTable::Reference, param, mode);
+            open_in(sql, of, alias, IndexTable::Reference, param, mode);
             // An absolute `…/Type/id` URL is found through the target index;
             // other URLs (urn:, canonicals) by the reference text alone.
             if let Some((_, id)) = crate::fhir::search::extract::parse_reference(url) {
@@ -419,28 +442,28 @@ fn atom(sql: &mut Sql, a: &Atom, alias: &str, mode: Mode) {
             sql.push("ref = ").text_arg(url).push(")");
         }
         Atom::ReferenceIdentifier { param, query } => {
-            open_in(sql, alias, IndexTable::Reference, param, mode);
+            open_in(sql, of, alias, IndexTable::Reference, param, mode);
             token_predicate(sql, query, "id_system", "id_value");
             sql.push(")");
         }
         Atom::Chain { param, ty, filters } => {
             // The chained type's matches are found first (driven by their own
             // most selective filter), then the references pointing at them.
-            open_in(sql, alias, IndexTable::Reference, param, mode);
+            open_in(sql, of, alias, IndexTable::Reference, param, mode);
             sql.push("target_type = ").text_arg(ty);
             let hide = if driver(filters).is_some() { "(t.res_type || '')" } else { "t.res_type" };
             sql.push(" AND target_id IN (SELECT t.res_id FROM resources t WHERE ").push(hide).push(" = ").text_arg(ty);
             sql.push(" AND t.deleted = 0");
-            conditions(sql, filters, "t");
+            conditions(sql, ty, filters, "t");
             sql.push("))");
         }
         Atom::Number { param, prefix, value, low, high } => {
-            open_in(sql, alias, IndexTable::Number, param, mode);
+            open_in(sql, of, alias, IndexTable::Number, param, mode);
             number_predicate(sql, *prefix, *value, *low, *high);
             sql.push(")");
         }
         Atom::Quantity { param, prefix, value, low, high, system, code } => {
-            open_in(sql, alias, IndexTable::Quantity, param, mode);
+            open_in(sql, of, alias, IndexTable::Quantity, param, mode);
             number_predicate(sql, *prefix, *value, *low, *high);
             if let Some(s) = system {
                 sql.push(" AND system = ").text_arg(s);
@@ -451,7 +474,7 @@ fn atom(sql: &mut Sql, a: &Atom, alias: &str, mode: Mode) {
             sql.push(")");
         }
         Atom::Uri { param, value, below } => {
-            open_in(sql, alias, IndexTable::Uri, param, mode);
+            open_in(sql, of, alias, IndexTable::Uri, param, mode);
             if *below {
                 sql.push("uri >= ").text_arg(value);
                 sql.push(" AND uri < ").text_arg(&format!("{value}{TEXT_MAX}"));
@@ -468,9 +491,8 @@ fn atom(sql: &mut Sql, a: &Atom, alias: &str, mode: Mode) {
                 .push(table.name())
                 .push(" m WHERE m.rid = ")
                 .push(alias)
-                .push(".rid AND m.param = ")
-                .text_arg(param)
-                .push(")");
+                .push(".rid AND ");
+            param_is(sql, "m.param", of, param).push(")");
         }
     }
 }
@@ -586,7 +608,7 @@ fn like_escape(s: &str) -> String {
 }
 
 /// The sort value of the row `r`, never NULL (missing values sort last).
-fn sort_expr(sql: &mut Sql, s: &Sort) {
+fn sort_expr(sql: &mut Sql, ty: &str, s: &Sort) {
     match &s.key {
         SortKey::Id => {
             sql.push("r.res_id");
@@ -610,9 +632,8 @@ fn sort_expr(sql: &mut Sql, s: &Sort) {
                 .push(col)
                 .push(") FROM ")
                 .push(table.name())
-                .push(" s WHERE s.rid = r.rid AND s.param = ")
-                .text_arg(param)
-                .push("), ");
+                .push(" s WHERE s.rid = r.rid AND ");
+            param_is(sql, "s.param", ty, param).push("), ");
             match (table, s.descending) {
                 (IndexTable::Date, false) => sql.int(i64::MAX),
                 (IndexTable::Date, true) => sql.int(i64::MIN + 1),
@@ -647,7 +668,7 @@ pub enum CursorKind {
 }
 
 /// Rows strictly after `cursor` in the plan's order (sort keys, then row id).
-fn cursor_condition(sql: &mut Sql, sort: &[Sort], cursor: &Cursor) {
+fn cursor_condition(sql: &mut Sql, ty: &str, sort: &[Sort], cursor: &Cursor) {
     let value = |sql: &mut Sql, v: &CursorValue| match v {
         CursorValue::Int(i) => {
             sql.int(*i);
@@ -667,13 +688,13 @@ fn cursor_condition(sql: &mut Sql, sort: &[Sort], cursor: &Cursor) {
         }
         sql.push("(");
         for (key, v) in sort.iter().zip(&cursor.values).take(i) {
-            sort_expr(sql, key);
+            sort_expr(sql, ty, key);
             sql.push(" = ");
             value(sql, v);
             sql.push(" AND ");
         }
         if i < keys {
-            sort_expr(sql, &sort[i]);
+            sort_expr(sql, ty, &sort[i]);
             sql.push(if sort[i].descending { " < " } else { " > " });
             value(sql, &cursor.values[i]);
         } else {

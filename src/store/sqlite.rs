@@ -70,6 +70,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "audit_patient_deferred", include_str!("../../migrations/sqlite/0007_audit_patient_deferred.sql")),
     (8, "audit_journal", include_str!("../../migrations/sqlite/0008_audit_journal.sql")),
     (9, "audit_journal_id", include_str!("../../migrations/sqlite/0009_audit_journal_id.sql")),
+    (10, "union_params", include_str!("../../migrations/sqlite/0010_union_params.sql")),
 ];
 
 pub struct SqliteStore {

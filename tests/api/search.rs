@@ -257,3 +257,52 @@ async fn count_is_capped_by_configuration() {
     assert_eq!(ids(&r).len(), 2);
     assert!(r.link("next").is_some());
 }
+
+/// An Observation coded `code` (ICF) with a Quantity `value` and `components` (ICF code, Quantity value).
+fn observation_with_components(code: &str, value: u32, components: &[(&str, u32)]) -> String {
+    let quantity = |v: u32| format!(r#"{{"value":{v},"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"}}"#);
+    let coded = |c: &str| format!(r#"{{"coding":[{{"system":"http://hl7.org/fhir/sid/icf","code":"{c}"}}]}}"#);
+    let components: Vec<String> = components
+        .iter()
+        .map(|(c, v)| format!(r#"{{"code":{},"valueQuantity":{}}}"#, coded(c), quantity(*v)))
+        .collect();
+    let components =
+        if components.is_empty() { String::new() } else { format!(r#","component":[{}]"#, components.join(",")) };
+    format!(
+        r#"{{"resourceType":"Observation","status":"final","code":{},"valueQuantity":{}{components}}}"#,
+        coded(code),
+        quantity(value)
+    )
+}
+
+#[tokio::test]
+async fn combined_parameters_match_the_observation_or_any_component() {
+    let app = spawn_app().await;
+    let plain = app.create("Observation", &observation_with_components("d550", 70, &[])).await;
+    let composed = app.create("Observation", &observation_with_components("b100", 20, &[("d540", 120)])).await;
+    let found = |query: &str| {
+        let app = &app;
+        let path = format!("/fhir/Observation?{query}");
+        async move {
+            let r = app.get(&path).await;
+            assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text);
+            ids(&r)
+        }
+    };
+    assert_eq!(found("combo-code=d550").await, [plain.as_str()]);
+    assert_eq!(found("combo-code=http://hl7.org/fhir/sid/icf|d540").await, [composed.as_str()]);
+    assert_eq!(found("combo-code=b100").await, [composed.as_str()]);
+    assert_eq!(found("combo-code=d540,d550&_sort=_id").await.len(), 2);
+    assert_eq!(found("combo-code:not=d540").await, [plain.as_str()]);
+    assert_eq!(found("combo-code:missing=true").await, Vec::<String>::new());
+    assert_eq!(found("combo-code:missing=false").await.len(), 2);
+    // Sorted by the smallest code ascending, the largest descending.
+    assert_eq!(found("_sort=combo-code").await, [composed.as_str(), plain.as_str()]);
+    assert_eq!(found("_sort=-combo-code").await, [plain.as_str(), composed.as_str()]);
+    assert_eq!(found("combo-value-quantity=gt100").await, [composed.as_str()]);
+    assert_eq!(found("combo-value-quantity=lt30").await, [composed.as_str()]);
+    assert_eq!(found("combo-value-quantity=70|http://unitsofmeasure.org|kg").await, [plain.as_str()]);
+    // The parts keep their own meaning.
+    assert_eq!(found("code=d540").await, Vec::<String>::new());
+    assert_eq!(found("component-code=d540").await, [composed.as_str()]);
+}

@@ -78,6 +78,24 @@ pub struct ElementDef {
     pub types: &'static [&'static str],
 }
 
+/// Parameters whose values are exactly those of other parameters of the
+/// same type together: their expression is the others' joined by `|`
+/// (checked by a test against the R4 definitions). They get no index rows
+/// of their own — a P-ADL Observation's `combo-code` copies were 11 of its
+/// 27 token rows — and a search reads the others' rows instead.
+const UNIONS: &[(&str, &str, &[&str])] = &[
+    ("Observation", "combo-code", &["code", "component-code"]),
+    ("Observation", "combo-data-absent-reason", &["data-absent-reason", "component-data-absent-reason"]),
+    ("Observation", "combo-value-concept", &["value-concept", "component-value-concept"]),
+    ("Observation", "combo-value-quantity", &["value-quantity", "component-value-quantity"]),
+];
+
+/// The parameters whose rows answer `resource_type`'s `code`, when it is a
+/// union of others (see [`UNIONS`]); `None` when it has rows of its own.
+pub fn union_of(resource_type: &str, code: &str) -> Option<&'static [&'static str]> {
+    UNIONS.iter().find(|(ty, c, _)| *ty == resource_type && *c == code).map(|(_, _, parts)| *parts)
+}
+
 /// The supported parameter `code` of `resource_type`.
 pub fn lookup(resource_type: &str, code: &str) -> Option<&'static SearchParamDef> {
     let params = params_for(resource_type);
@@ -172,6 +190,23 @@ mod tests {
         ] {
             assert!(lookup(t, code).is_some(), "{t}.{code}");
         }
+    }
+
+    #[test]
+    fn each_union_is_exactly_its_parts_of_the_same_kind() {
+        for (ty, code, parts) in UNIONS {
+            let union = lookup(ty, code).unwrap_or_else(|| panic!("{ty}.{code}"));
+            let defs: Vec<_> = parts.iter().map(|p| lookup(ty, p).unwrap_or_else(|| panic!("{ty}.{p}"))).collect();
+            let joined: Vec<_> = defs.iter().map(|d| d.expression).collect();
+            assert_eq!(union.expression, joined.join(" | "), "{ty}.{code}");
+            for d in &defs {
+                assert_eq!(d.kind, union.kind, "{ty}.{}", d.code);
+                assert!(union_of(ty, d.code).is_none(), "a part has rows of its own");
+            }
+        }
+        assert_eq!(union_of("Observation", "combo-code"), Some(&["code", "component-code"][..]));
+        assert_eq!(union_of("Observation", "code"), None);
+        assert_eq!(union_of("Condition", "combo-code"), None);
     }
 
     #[test]
