@@ -51,6 +51,16 @@ impl Sql {
     fn text_arg(&mut self, s: &str) -> &mut Self {
         self.arg(Arg::Text(s.to_owned()))
     }
+    /// `?, ?, …`: one text argument per item.
+    fn text_list(&mut self, items: &[&str]) -> &mut Self {
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.text_arg(item);
+        }
+        self
+    }
     fn int(&mut self, i: i64) -> &mut Self {
         self.arg(Arg::Int(i))
     }
@@ -215,13 +225,7 @@ pub const IDENTIFIER_VALUES_PER_QUERY: usize = 512;
 pub fn identifier_lookup(values: &[&str]) -> Sql {
     let mut sql = Sql::default();
     sql.push("SELECT r.res_type, r.res_id, r.access, t.system, t.code FROM idx_token t JOIN resources r ON r.rid = t.rid WHERE t.param = 'identifier' AND t.code IN (");
-    for (i, v) in values.iter().enumerate() {
-        if i > 0 {
-            sql.push(", ");
-        }
-        sql.text_arg(v);
-    }
-    sql.push(") AND r.deleted = 0 ORDER BY r.rid");
+    sql.text_list(values).push(") AND r.deleted = 0 ORDER BY r.rid");
     sql
 }
 
@@ -372,16 +376,7 @@ fn param_is<'a>(sql: &'a mut Sql, column: &str, ty: &str, param: &str) -> &'a mu
     sql.push(column);
     match params::union_of(ty, param) {
         None => sql.push(" = ").text_arg(param),
-        Some(parts) => {
-            sql.push(" IN (");
-            for (i, part) in parts.iter().enumerate() {
-                if i > 0 {
-                    sql.push(", ");
-                }
-                sql.text_arg(part);
-            }
-            sql.push(")")
-        }
+        Some(parts) => sql.push(" IN (").text_list(parts).push(")"),
     }
 }
 
