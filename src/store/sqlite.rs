@@ -185,9 +185,10 @@ const CHECKPOINT_PAUSE: Duration = Duration::from_millis(5);
 /// on a connection and thread of its own, while the writer goes on. Without
 /// it the writer's automatic checkpoint did all the copying inside a COMMIT
 /// every thousand pages, holding up every write meanwhile (a COMMIT of a
-/// few creates took 0.7–1.4 ms, one with the checkpoint about 5 ms). The
-/// writer's automatic checkpoint stays as the backstop: it copies what is
-/// left and lets the next transaction start the log from the beginning.
+/// few creates took 0.7–1.4 ms, one with the checkpoint about 5 ms). Once
+/// everything is copied, the writer's next transaction starts the log from
+/// the beginning again. The writer's own automatic checkpoint is only the
+/// backstop, at [`WRITER_AUTOCHECKPOINT_PAGES`].
 /// Ends when the flusher (the sender) is gone.
 fn spawn_checkpointer(conn: rusqlite::Connection) -> std::io::Result<SyncSender<()>> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
@@ -201,6 +202,13 @@ fn spawn_checkpointer(conn: rusqlite::Connection) -> std::io::Result<SyncSender<
     })?;
     Ok(tx)
 }
+
+/// Pages in the write-ahead log at which the writer checkpoints inside its
+/// own COMMIT: the backstop for a checkpointer that falls behind (32 MB of
+/// log). At SQLite's default of 1,000 a group commit of two ingest batches
+/// (about 1,150 pages) set it off every time, which made the COMMIT 50 %
+/// longer while holding up every write.
+const WRITER_AUTOCHECKPOINT_PAGES: i64 = 8192;
 
 /// How long a connection waits for another process's lock on the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -322,6 +330,7 @@ impl SqliteStore {
             let path = path.to_owned();
             tokio::task::spawn_blocking(move || -> anyhow::Result<(rusqlite::Connection, rusqlite::Connection)> {
                 let mut conn = open_writer(&path, &pragmas)?;
+                conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
                 migrate(&mut conn)?;
                 Ok((conn, open_writer(&path, &pragmas)?))
             })
@@ -1472,14 +1481,26 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn the_writer_checkpoints_itself_only_when_the_log_is_far_behind() {
+        let (_dir, store) = store().await;
+        let pages: i64 = {
+            let writer = store.writer.lock().await;
+            writer.conn.pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0)).unwrap()
+        };
+        // A group commit of two ingest batches writes about 1,150 pages.
+        assert_eq!(pages, WRITER_AUTOCHECKPOINT_PAGES);
+        assert!(pages > 4 * 1150, "{pages} pages");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn committed_pages_reach_the_database_file_without_waiting_for_the_writer() {
         let (dir, store) = store().await;
         let file = dir.path().join("t.db");
         let before = std::fs::metadata(&file).unwrap().len();
         // 30 KB in 30 commits: far fewer pages than the writer's automatic
-        // checkpoint waits for (1,000), so only the background checkpointer
-        // copies them from the log into the file.
+        // checkpoint waits for, so only the background checkpointer copies
+        // them from the log into the file.
         let text = "x".repeat(1000);
         for i in 0..30 {
             let id = format!("p{i}");
