@@ -84,19 +84,7 @@ async fn a_duplicate_version_is_a_conflict_and_a_dropped_transaction_leaves_noth
     {
         let mut tx = store.begin().await.unwrap();
         let body = patient("p2", "c");
-        tx.put(NewVersion {
-            ty: "Patient",
-            id: "p2",
-            version: 1,
-            last_updated_ms: 1,
-            method: "POST",
-            body: &body,
-            index: vec![],
-            access: "",
-            patients: "",
-        })
-        .await
-        .unwrap();
+        tx.put(NewVersion::test_patient("p2", &body)).await.unwrap();
         // dropped without commit
     }
     put(&*store, "p3", 1, &patient("p3", "d")).await.unwrap();

@@ -105,6 +105,24 @@ pub struct NewVersion<'a> {
     pub patients: &'a str,
 }
 
+#[cfg(test)]
+impl<'a> NewVersion<'a> {
+    /// Version 1 of a Patient, put, with no index rows, access keys or patients (for store tests).
+    pub(crate) fn test_patient(id: &'a str, body: &'a str) -> Self {
+        NewVersion {
+            ty: "Patient",
+            id,
+            version: 1,
+            last_updated_ms: 1,
+            method: "PUT",
+            body,
+            index: vec![],
+            access: "",
+            patients: "",
+        }
+    }
+}
+
 /// One entry of the PDL audit log, ready to append: the AuditEvent's JSON
 /// text and the patients it concerns (`Patient/id` references).
 #[derive(Clone, Debug)]

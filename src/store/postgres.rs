@@ -1187,19 +1187,7 @@ mod tests {
         for i in 0..300 {
             let id = format!("p{i}");
             let body = format!(r#"{{"resourceType":"Patient","id":"{id}"}}"#);
-            tx.put(NewVersion {
-                ty: "Patient",
-                id: &id,
-                version: 1,
-                last_updated_ms: 1,
-                method: "PUT",
-                body: &body,
-                index: vec![],
-                access: "",
-                patients: "",
-            })
-            .await
-            .unwrap();
+            tx.put(NewVersion::test_patient(&id, &body)).await.unwrap();
         }
         tx.commit().await.unwrap();
 

@@ -1372,17 +1372,7 @@ mod tests {
 
     /// Version 1 of `Patient/id`.
     fn first_version<'a>(id: &'a str, body: &'a str, index: Vec<(&'static str, IndexValue)>) -> NewVersion<'a> {
-        NewVersion {
-            ty: "Patient",
-            id,
-            version: 1,
-            last_updated_ms: 1,
-            method: "PUT",
-            body,
-            index,
-            access: "",
-            patients: "",
-        }
+        NewVersion { index, ..NewVersion::test_patient(id, body) }
     }
 
     async fn put(store: &SqliteStore, id: &str, commit: bool) {
