@@ -301,7 +301,7 @@ const STALE_TABLES: &str = "SELECT format('%I.%I', schemaname, relname) FROM pg_
 /// (0.9 ms). PostgreSQL's autovacuum analyses such tables too, but it may be
 /// switched off, and it looks only once a minute: a bulk import is
 /// searchable at full speed within seconds this way.
-pub async fn refresh_statistics(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+async fn refresh_statistics(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let ours: bool =
         sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(STATISTICS_LOCK).fetch_one(&mut *tx).await?;
