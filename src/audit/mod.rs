@@ -290,7 +290,6 @@ pub async fn verify(store: &dyn Store) -> StoreResult<Verdict> {
 
 #[cfg(test)]
 mod tests {
-    use sqlx::Connection;
 
     use super::*;
     use crate::{config::DatabaseConfig, store::sqlite::SqliteStore};
@@ -368,8 +367,8 @@ mod tests {
     }
 
     async fn tamper(url: &str, sql: &str) {
-        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
-        sqlx::query(sql).execute(&mut conn).await.unwrap();
+        let conn = rusqlite::Connection::open(url.trim_start_matches("sqlite://")).unwrap();
+        conn.execute_batch(sql).unwrap();
     }
 
     #[tokio::test]

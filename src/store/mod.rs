@@ -16,6 +16,7 @@ pub mod postgres;
 mod rows;
 pub mod sql;
 pub mod sqlite;
+mod sqlite_readers;
 
 use std::sync::Arc;
 

@@ -218,41 +218,81 @@ pub(crate) fn notification<R: SqlRow>(r: &R) -> Result<super::Notification, sqlx
 /// Splits a page query's rows (one look-ahead row beyond the page) into the
 /// page and the cursor where the next page starts.
 pub(crate) fn page<R: SqlRow>(rows: &[R], plan: &SearchPlan) -> Result<(Vec<Stored>, Option<Cursor>), sqlx::Error> {
-    let mut out = Vec::with_capacity(rows.len().min(plan.count));
-    let mut next = None;
-    for (i, row) in rows.iter().enumerate() {
-        if i == plan.count {
+    let mut page = PageRows::new(plan);
+    for row in rows {
+        if !page.push(row)? {
             break;
         }
-        out.push(stored(row)?);
-        if i + 1 == plan.count && rows.len() > plan.count {
-            let mut values = Vec::with_capacity(plan.sort.len());
-            for (k, s) in plan.sort.iter().enumerate() {
+    }
+    Ok(page.finish())
+}
+
+/// A page query's rows taken one at a time, as [`page`] takes them all.
+#[derive(Clone)]
+pub(crate) struct PageRows {
+    count: usize,
+    /// The kinds of the sort values after the row's columns.
+    sort: Vec<CursorKind>,
+    rows: Vec<Stored>,
+    /// Where the next page starts, if the look-ahead row comes.
+    cursor: Option<Cursor>,
+    more: bool,
+}
+
+impl PageRows {
+    pub(crate) fn new(plan: &SearchPlan) -> Self {
+        let sort = plan.sort.iter().map(sqlgen::sort_value_kind).collect();
+        PageRows { count: plan.count, sort, rows: Vec::new(), cursor: None, more: false }
+    }
+
+    /// Takes the next row; false once it was the look-ahead row.
+    pub(crate) fn push<R: SqlRow>(&mut self, row: &R) -> Result<bool, sqlx::Error> {
+        let i = self.rows.len();
+        if i == self.count {
+            self.more = true;
+            return Ok(false);
+        }
+        self.rows.push(stored(row)?);
+        if i + 1 == self.count {
+            let mut values = Vec::with_capacity(self.sort.len());
+            for (k, kind) in self.sort.iter().enumerate() {
                 let col = sqlgen::ROW_COLUMN_COUNT + k;
-                values.push(match sqlgen::sort_value_kind(s) {
+                values.push(match kind {
                     CursorKind::Int => CursorValue::Int(row.int(col)?),
                     CursorKind::Real => CursorValue::Real(row.real(col)?),
                     CursorKind::Text => CursorValue::Text(row.text(col)?),
                 });
             }
-            next = Some(Cursor { values, rid: row.int(0)? });
+            self.cursor = Some(Cursor { values, rid: row.int(0)? });
         }
+        Ok(true)
     }
-    Ok((out, next))
+
+    /// The page, and where the next one starts.
+    pub(crate) fn finish(self) -> (Vec<Stored>, Option<Cursor>) {
+        (self.rows, if self.more { self.cursor } else { None })
+    }
 }
 
 /// A history page from rows selected by [`super::sql::history_query`] (one
 /// look-ahead row beyond `count`): the versions, and where the next page starts.
 pub(crate) fn history_page<R: SqlRow>(rows: &[R], count: usize) -> Result<super::HistoryPage, sqlx::Error> {
+    let versions = rows.iter().take(count.saturating_add(1)).map(stored).collect::<Result<_, _>>()?;
+    Ok(history_of(versions, count))
+}
+
+/// A history page from the versions a history query selected ([`history_page`]).
+pub(crate) fn history_of(mut versions: Vec<Stored>, count: usize) -> super::HistoryPage {
+    let more = versions.len() > count;
+    versions.truncate(count);
     let mut page = super::HistoryPage::default();
-    for row in rows.iter().take(count) {
-        let mut s = stored(row)?;
+    for mut s in versions {
         page.next_seq = Some(s.rid);
         s.rid = 0;
         page.rows.push(s);
     }
-    if rows.len() <= count {
+    if !more {
         page.next_seq = None;
     }
-    Ok(page)
+    page
 }

@@ -14,8 +14,8 @@
 //! connection thread of its own (as sqlx does) cost two thread wake-ups per
 //! statement, which on these machines outweighed the statement itself. Only
 //! COMMIT, which waits for the disk, runs on a blocking thread. The readers
-//! stay on sqlx's pool, whose threads let long searches run beside the
-//! async workers.
+//! are rusqlite connections used the same way, within a time budget (see
+//! [`super::sqlite_readers`]).
 //!
 //! Writes inside a logical transaction say `OR FAIL`: a failing statement
 //! then leaves its earlier rows for the savepoint's rollback to undo, so
@@ -27,8 +27,7 @@
 
 use std::{
     path::Path,
-    str::FromStr,
-    sync::{Arc, Weak, mpsc::SyncSender},
+    sync::{Arc, LazyLock, Weak, mpsc::SyncSender},
     time::Duration,
 };
 
@@ -36,10 +35,6 @@ use async_trait::async_trait;
 use rusqlite::{
     OptionalExtension, ToSql, params,
     types::{ToSqlOutput, ValueRef},
-};
-use sqlx::{
-    Row,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions},
 };
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard, oneshot};
 
@@ -50,12 +45,13 @@ use super::{
     StoreTx, Stored, SubscriptionRow, TransferRow,
     audit_journal::{self, DurableBatches, Journal, Position},
     audit_queue::CommitResult,
-    plan::{Cursor, IndexTable},
+    plan::IndexTable,
     rows::{
-        self, AUDIT_COLUMNS, NPO_ORGANIZATION_QUERY, OBSERVED_QUERY, SUBSCRIPTION_QUERY, SqlRow, TRANSFER_COLUMNS,
-        bind_all, stored, transfer_row,
+        self, AUDIT_COLUMNS, NPO_ORGANIZATION_QUERY, OBSERVED_QUERY, PageRows, SUBSCRIPTION_QUERY, SqlRow,
+        TRANSFER_COLUMNS, stored, transfer_row,
     },
     sql::{self, Arg, Dialect, ROW_COLUMNS, Sql},
+    sqlite_readers::Readers,
 };
 use crate::config::DatabaseConfig;
 
@@ -74,7 +70,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 ];
 
 pub struct SqliteStore {
-    readers: SqlitePool,
+    readers: Arc<Readers>,
     writer: Arc<Mutex<Writer>>,
     /// Wakes the flusher after a transaction released its savepoint.
     flush: Arc<Notify>,
@@ -318,14 +314,6 @@ impl SqliteStore {
                 .map_err(|e| anyhow::anyhow!("database.url: cannot create folder {}: {e}", parent.display()))?;
         }
         let pragmas = connection_pragmas(&config.sqlite_synchronous);
-        let base = pragmas.iter().fold(
-            SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .busy_timeout(BUSY_TIMEOUT)
-                .statement_cache_capacity(STATEMENT_CACHE),
-            |options, (name, value)| options.pragma(*name, *value),
-        );
         let (conn, checkpointer) = {
             let path = path.to_owned();
             tokio::task::spawn_blocking(move || -> anyhow::Result<(rusqlite::Connection, rusqlite::Connection)> {
@@ -336,12 +324,7 @@ impl SqliteStore {
             })
             .await??
         };
-        let readers = SqlitePoolOptions::new()
-            .max_connections(config.max_connections)
-            .test_before_acquire(false)
-            .min_connections(1)
-            .connect_with(base.pragma("query_only", "1"))
-            .await?;
+        let readers = Arc::new(Readers::new(path, &pragmas, config.max_connections, STATEMENT_CACHE, BUSY_TIMEOUT));
         let mut writer = Writer {
             conn,
             outer: false,
@@ -393,17 +376,26 @@ impl SqliteStore {
 }
 
 /// An audit log row, its body decoded (see [`super::audit_body`]).
-fn stored_audit_row(r: &sqlx::sqlite::SqliteRow) -> Result<AuditRow, sqlx::Error> {
-    let stored: Vec<u8> = r.try_get(3)?;
-    let body = super::audit_body::unpack(&stored).map_err(|e| sqlx::Error::Decode(e.into()))?;
+fn stored_audit_row(r: &LiteRow<'_, '_>) -> Result<AuditRow, sqlx::Error> {
+    // Stored as a blob; an entry changed by hand may hold text, which the chain's check must still see.
+    let stored = match r.0.get_ref(3).map_err(decode)? {
+        ValueRef::Blob(b) | ValueRef::Text(b) => b,
+        other => return Err(sqlx::Error::Decode(format!("audit body of type {}", other.data_type()).into())),
+    };
+    let body = super::audit_body::unpack(stored).map_err(|e| sqlx::Error::Decode(e.into()))?;
     Ok(AuditRow {
-        seq: r.try_get(0)?,
-        event_id: r.try_get(1)?,
-        recorded_ms: r.try_get(2)?,
+        seq: r.int(0)?,
+        event_id: r.text(1)?,
+        recorded_ms: r.int(2)?,
         body,
-        prev_hash: r.try_get(4)?,
-        hash: r.try_get(5)?,
+        prev_hash: r.text(4)?,
+        hash: r.text(5)?,
     })
+}
+
+/// A query's text for SQLite, and its arguments.
+fn rendered(sql: Sql) -> (String, Vec<Arg>) {
+    (sql.render(Dialect::Sqlite), sql.args)
 }
 
 /// How long a read of the audit log waits for the journal's newest entries.
@@ -548,79 +540,110 @@ fn migrate(conn: &mut rusqlite::Connection) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn err(e: sqlx::Error) -> StoreError {
-    match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(db.message().to_owned()),
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-            StoreError::Unavailable(e.to_string())
+/// The query of a current version by type and id.
+static READ_QUERY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {ROW_COLUMNS} FROM resources r JOIN versions v ON v.vid = r.vid WHERE r.res_type = ? AND r.res_id = ?"
+    )
+});
+
+/// Runs a read query and hands each row to `each` until it says stop (false).
+fn read_each(
+    conn: &rusqlite::Connection,
+    text: &str,
+    args: &[Arg],
+    mut each: impl FnMut(&LiteRow<'_, '_>) -> Result<bool, sqlx::Error>,
+) -> StoreResult<()> {
+    let mut statement = conn.prepare_cached(text).map_err(lite_err)?;
+    let mut rows = statement.query(rusqlite::params_from_iter(args)).map_err(lite_err)?;
+    while let Some(row) = rows.next().map_err(lite_err)? {
+        if !each(&LiteRow(row)).map_err(decode_err)? {
+            break;
         }
-        sqlx::Error::Database(db) if db.message().contains("locked") || db.message().contains("busy") => {
-            StoreError::Unavailable(db.message().to_owned())
-        }
-        _ => StoreError::Internal(e.to_string()),
     }
+    Ok(())
 }
 
-/// Runs a page query and splits off the look-ahead row into a cursor.
-async fn run_page<'e, E>(exec: E, plan: &SearchPlan) -> Result<(Vec<Stored>, Option<Cursor>), sqlx::Error>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
-{
-    let sql = sql::search_page(plan);
-    let text = sql.render(Dialect::Sqlite);
-    let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(exec).await?;
-    rows::page(&rows, plan)
+/// Runs a read query; all its rows, decoded.
+fn read_rows<T>(
+    conn: &rusqlite::Connection,
+    text: &str,
+    args: &[Arg],
+    mut decode: impl FnMut(&LiteRow<'_, '_>) -> Result<T, sqlx::Error>,
+) -> StoreResult<Vec<T>> {
+    let mut out = Vec::new();
+    read_each(conn, text, args, |row| {
+        out.push(decode(row)?);
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+/// Runs a read query whose first row (there is one) holds what is wanted.
+fn read_first<T>(
+    conn: &rusqlite::Connection,
+    text: &str,
+    args: &[Arg],
+    decode: impl FnMut(&LiteRow<'_, '_>) -> Result<T, sqlx::Error>,
+) -> StoreResult<T> {
+    read_rows(conn, text, args, decode)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| StoreError::Internal(format!("no row from `{text}`")))
+}
+
+fn text_args<const N: usize>(values: [&str; N]) -> Vec<Arg> {
+    values.iter().map(|v| Arg::Text((*v).to_owned())).collect()
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn read(&self, ty: &str, id: &str) -> StoreResult<Option<Stored>> {
-        let q = format!(
-            "SELECT {ROW_COLUMNS} FROM resources r JOIN versions v ON v.vid = r.vid WHERE r.res_type = ? AND r.res_id = ?"
-        );
-        let row = sqlx::query(&q).bind(ty).bind(id).fetch_optional(&self.readers).await.map_err(err)?;
-        row.as_ref().map(stored).transpose().map_err(err)
+        let args = text_args([ty, id]);
+        let rows = self.readers.run(move |c| read_rows(c, &READ_QUERY, &args, |r| stored(r))).await?;
+        Ok(rows.into_iter().next())
     }
 
     async fn vread(&self, ty: &str, id: &str, version: i64) -> StoreResult<Option<Stored>> {
-        let row = sqlx::query(
-            "SELECT 0, v.res_type, v.res_id, v.version, v.last_updated_ms, v.deleted, v.method, v.body, '', '' \
-             FROM versions v WHERE v.res_type = ? AND v.res_id = ? AND v.version = ?",
-        )
-        .bind(ty)
-        .bind(id)
-        .bind(version)
-        .fetch_optional(&self.readers)
-        .await
-        .map_err(err)?;
-        row.as_ref().map(stored).transpose().map_err(err)
+        let mut args = text_args([ty, id]);
+        args.push(Arg::Int(version));
+        let rows = self
+            .readers
+            .run(move |c| {
+                let text = "SELECT 0, v.res_type, v.res_id, v.version, v.last_updated_ms, v.deleted, v.method, v.body, '', '' \
+                            FROM versions v WHERE v.res_type = ? AND v.res_id = ? AND v.version = ?";
+                read_rows(c, text, &args, |r| stored(r))
+            })
+            .await?;
+        Ok(rows.into_iter().next())
     }
 
     async fn history(&self, q: &HistoryQuery) -> StoreResult<HistoryPage> {
-        let sql = sql::history_query(q);
-        let text = sql.render(Dialect::Sqlite);
-        let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(&self.readers).await.map_err(err)?;
-        rows::history_page(&rows, q.count).map_err(err)
+        let (text, args) = rendered(sql::history_query(q));
+        let count = q.count;
+        let versions = self.readers.run(move |c| read_rows(c, &text, &args, |r| stored(r))).await?;
+        Ok(rows::history_of(versions, count))
     }
 
     async fn search(&self, plan: &SearchPlan) -> StoreResult<SearchPage> {
-        let mut page = SearchPage::default();
-        if plan.count > 0 {
-            let (rows, next) = run_page(&self.readers, plan).await.map_err(err)?;
-            page.rows = rows;
-            page.next = next;
-        }
-        if plan.with_total {
-            let sql = sql::search_count(plan);
-            let text = sql.render(Dialect::Sqlite);
-            let n: i64 = bind_all(sqlx::query(&text), &sql.args)
-                .fetch_one(&self.readers)
-                .await
-                .and_then(|r| r.try_get(0))
-                .map_err(err)?;
-            page.total = Some(n as u64);
-        }
-        Ok(page)
+        let page_query = (plan.count > 0).then(|| rendered(sql::search_page(plan)));
+        let count_query = plan.with_total.then(|| rendered(sql::search_count(plan)));
+        let empty = PageRows::new(plan);
+        self.readers
+            .run(move |c| {
+                let mut page = SearchPage::default();
+                if let Some((text, args)) = &page_query {
+                    let mut rows = empty.clone();
+                    read_each(c, text, args, |r| rows.push(r))?;
+                    (page.rows, page.next) = rows.finish();
+                }
+                if let Some((text, args)) = &count_query {
+                    let n = read_first(c, text, args, |r| r.int(0))?;
+                    page.total = Some(u64::try_from(n).unwrap_or(0));
+                }
+                Ok(page)
+            })
+            .await
     }
 
     async fn include(
@@ -633,8 +656,7 @@ impl Store for SqliteStore {
         if rows.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let sql = sql::include_query(rows, param, target_type, limit);
-        self.fetch_rows(&sql).await
+        self.fetch_rows(sql::include_query(rows, param, target_type, limit)).await
     }
 
     async fn revinclude(
@@ -647,21 +669,23 @@ impl Store for SqliteStore {
         if rows.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let sql = sql::revinclude_query(rows, source_type, param, limit);
-        self.fetch_rows(&sql).await
+        self.fetch_rows(sql::revinclude_query(rows, source_type, param, limit)).await
     }
 
     async fn find_by_identifier(&self, values: &[&str]) -> StoreResult<Vec<IdentifierHit>> {
-        let mut hits = Vec::new();
-        for chunk in values.chunks(sql::IDENTIFIER_VALUES_PER_QUERY) {
-            let sql = sql::identifier_lookup(chunk);
-            let text = sql.render(Dialect::Sqlite);
-            let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(&self.readers).await.map_err(err)?;
-            for row in &rows {
-                hits.push(rows::identifier_hit(row).map_err(err)?);
-            }
-        }
-        Ok(hits)
+        let queries: Vec<(String, Vec<Arg>)> = values
+            .chunks(sql::IDENTIFIER_VALUES_PER_QUERY)
+            .map(|chunk| rendered(sql::identifier_lookup(chunk)))
+            .collect();
+        self.readers
+            .run(move |c| {
+                let mut hits = Vec::new();
+                for (text, args) in &queries {
+                    hits.extend(read_rows(c, text, args, |r| rows::identifier_hit(r))?);
+                }
+                Ok(hits)
+            })
+            .await
     }
 
     async fn begin(&self) -> StoreResult<Box<dyn StoreTx>> {
@@ -678,74 +702,69 @@ impl Store for SqliteStore {
     async fn audit_entries(&self, q: &AuditQuery) -> StoreResult<Vec<AuditRow>> {
         let Some(sql) = sql::audit_query(q, Dialect::Sqlite) else { return Ok(Vec::new()) };
         self.settle_audit().await?;
-        let text = sql.render(Dialect::Sqlite);
-        let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(&self.readers).await.map_err(err)?;
-        rows.iter().map(stored_audit_row).collect::<Result<_, _>>().map_err(err)
+        let (text, args) = rendered(sql);
+        self.readers.run(move |c| read_rows(c, &text, &args, stored_audit_row)).await
     }
 
     async fn audit_chain(&self, after_seq: i64, limit: usize) -> StoreResult<Vec<AuditRow>> {
         if after_seq == 0 {
             self.settle_audit().await?;
         }
-        let rows = sqlx::query(&format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?"))
-            .bind(after_seq)
-            .bind(limit as i64)
-            .fetch_all(&self.readers)
+        let args = vec![Arg::Int(after_seq), Arg::Int(i64::try_from(limit).unwrap_or(i64::MAX))];
+        self.readers
+            .run(move |c| {
+                let text = format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?");
+                read_rows(c, &text, &args, stored_audit_row)
+            })
             .await
-            .map_err(err)?;
-        rows.iter().map(stored_audit_row).collect::<Result<_, _>>().map_err(err)
     }
 
     async fn audit_head(&self) -> StoreResult<(i64, String)> {
         self.settle_audit().await?;
-        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE one = 1")
-            .fetch_one(&self.readers)
+        self.readers
+            .run(|c| {
+                read_first(c, "SELECT seq, hash FROM audit_head WHERE one = 1", &[], |r| Ok((r.int(0)?, r.text(1)?)))
+            })
             .await
-            .map_err(err)?;
-        Ok((row.try_get(0).map_err(err)?, row.try_get(1).map_err(err)?))
     }
 
     async fn observed(&self, since_ms: i64) -> StoreResult<Vec<Observed>> {
-        let rows = sqlx::query(OBSERVED_QUERY).bind(since_ms).fetch_all(&self.readers).await.map_err(err)?;
-        rows.iter().map(rows::observed).collect::<Result<_, _>>().map_err(err)
+        let args = vec![Arg::Int(since_ms)];
+        self.readers.run(move |c| read_rows(c, OBSERVED_QUERY, &args, |r| rows::observed(r))).await
     }
 
     async fn npo_organizations(&self) -> StoreResult<Vec<NpoOrganization>> {
-        let rows = sqlx::query(NPO_ORGANIZATION_QUERY).fetch_all(&self.readers).await.map_err(err)?;
-        rows.iter().map(rows::npo_organization).collect::<Result<_, _>>().map_err(err)
+        self.readers.run(|c| read_rows(c, NPO_ORGANIZATION_QUERY, &[], |r| rows::npo_organization(r))).await
     }
 
     async fn npo_statements(&self, code: Option<&str>) -> StoreResult<Vec<NpoStatement>> {
-        let sql = rows::npo_statements_query(code.is_none());
-        let mut q = sqlx::query(&sql);
-        if let Some(c) = code {
-            q = q.bind(c);
-        }
-        let rows = q.fetch_all(&self.readers).await.map_err(err)?;
-        rows.iter().map(rows::npo_statement).collect::<Result<_, _>>().map_err(err)
+        let text = rows::npo_statements_query(code.is_none());
+        let args: Vec<Arg> = code.map(|c| Arg::Text(c.to_owned())).into_iter().collect();
+        self.readers.run(move |c| read_rows(c, &text, &args, |r| rows::npo_statement(r))).await
     }
 
     async fn transfers_for_binary(&self, binary_id: &str) -> StoreResult<Vec<TransferRow>> {
-        let rows = sqlx::query(&format!("SELECT {TRANSFER_COLUMNS} FROM transfers WHERE binary_id = ?"))
-            .bind(binary_id)
-            .fetch_all(&self.readers)
+        let args = text_args([binary_id]);
+        self.readers
+            .run(move |c| {
+                let text = format!("SELECT {TRANSFER_COLUMNS} FROM transfers WHERE binary_id = ?");
+                read_rows(c, &text, &args, |r| transfer_row(r))
+            })
             .await
-            .map_err(err)?;
-        rows.iter().map(transfer_row).collect::<Result<_, _>>().map_err(err)
     }
 
     async fn open_transfers(&self, before_ms: i64, party: Option<&str>, limit: usize) -> StoreResult<Vec<TransferRow>> {
         let party_clause = if party.is_some() { " AND (sender_key = ? OR recipient_key = ?)" } else { "" };
-        let sql = format!(
+        let text = format!(
             "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE status IN ('requested', 'received') \
              AND created_ms < ?{party_clause} ORDER BY created_ms, task_id LIMIT ?"
         );
-        let mut q = sqlx::query(&sql).bind(before_ms);
+        let mut args = vec![Arg::Int(before_ms)];
         if let Some(p) = party {
-            q = q.bind(p).bind(p);
+            args.extend(text_args([p, p]));
         }
-        let rows = q.bind(i64::try_from(limit).unwrap_or(i64::MAX)).fetch_all(&self.readers).await.map_err(err)?;
-        rows.iter().map(transfer_row).collect::<Result<_, _>>().map_err(err)
+        args.push(Arg::Int(i64::try_from(limit).unwrap_or(i64::MAX)));
+        self.readers.run(move |c| read_rows(c, &text, &args, |r| transfer_row(r))).await
     }
 
     async fn claim_assertion(&self, key: &str, expires_ms: i64, now_ms: i64) -> StoreResult<bool> {
@@ -760,8 +779,7 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.readers).await.map_err(err)?;
-        Ok(())
+        self.readers.run(|c| read_first(c, "SELECT 1", &[], |r| r.int(0))).await.map(drop)
     }
 
     fn audit_unavailable(&self) -> Option<StoreError> {
@@ -776,15 +794,17 @@ const AUDIT_INDEX_BATCH: i64 = 2_000;
 
 /// Adds new audit entries to `audit_patient` in sorted batches; ends when
 /// the store is dropped. Until then, queries find them by `audit_log.patients`.
-async fn audit_indexer(writer: Weak<Mutex<Writer>>, flush: Arc<Notify>, readers: SqlitePool) {
+async fn audit_indexer(writer: Weak<Mutex<Writer>>, flush: Arc<Notify>, readers: Arc<Readers>) {
     loop {
         tokio::time::sleep(AUDIT_INDEX_INTERVAL).await;
         let Some(writer) = writer.upgrade() else { return };
-        let behind = sqlx::query_scalar::<_, i64>(
-            "SELECT (SELECT seq FROM audit_head WHERE one = 1) - (SELECT seq FROM audit_indexed WHERE one = 1)",
-        )
-        .fetch_one(&readers)
-        .await;
+        let behind = readers
+            .run(|c| {
+                let text =
+                    "SELECT (SELECT seq FROM audit_head WHERE one = 1) - (SELECT seq FROM audit_indexed WHERE one = 1)";
+                read_first(c, text, &[], |r| r.int(0))
+            })
+            .await;
         if matches!(behind, Ok(n) if n <= 0) {
             continue;
         }
@@ -822,10 +842,9 @@ impl SqliteStore {
         begin_on(&self.writer, &self.flush).await
     }
 
-    async fn fetch_rows(&self, sql: &Sql) -> StoreResult<Vec<Stored>> {
-        let text = sql.render(Dialect::Sqlite);
-        let rows = bind_all(sqlx::query(&text), &sql.args).fetch_all(&self.readers).await.map_err(err)?;
-        rows.iter().map(stored).collect::<Result<_, _>>().map_err(err)
+    async fn fetch_rows(&self, sql: Sql) -> StoreResult<Vec<Stored>> {
+        let (text, args) = rendered(sql);
+        self.readers.run(move |c| read_rows(c, &text, &args, |r| stored(r))).await
     }
 }
 
