@@ -290,7 +290,6 @@ pub async fn verify(store: &dyn Store) -> StoreResult<Verdict> {
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
     use crate::{config::DatabaseConfig, store::sqlite::SqliteStore};
 

@@ -70,7 +70,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 ];
 
 pub struct SqliteStore {
-    readers: Arc<Readers>,
+    readers: Readers,
     writer: Arc<Mutex<Writer>>,
     /// Wakes the flusher after a transaction released its savepoint.
     flush: Arc<Notify>,
@@ -324,7 +324,7 @@ impl SqliteStore {
             })
             .await??
         };
-        let readers = Arc::new(Readers::new(path, &pragmas, config.max_connections, STATEMENT_CACHE, BUSY_TIMEOUT));
+        let readers = Readers::new(path, &pragmas, config.max_connections, STATEMENT_CACHE, BUSY_TIMEOUT);
         let mut writer = Writer {
             conn,
             outer: false,
@@ -579,6 +579,21 @@ fn read_rows<T>(
     Ok(out)
 }
 
+/// Runs a read query for its first row, if any.
+fn read_optional<T>(
+    conn: &rusqlite::Connection,
+    text: &str,
+    args: &[Arg],
+    mut decode: impl FnMut(&LiteRow<'_, '_>) -> Result<T, sqlx::Error>,
+) -> StoreResult<Option<T>> {
+    let mut first = None;
+    read_each(conn, text, args, |row| {
+        first = Some(decode(row)?);
+        Ok(false)
+    })?;
+    Ok(first)
+}
+
 /// Runs a read query whose first row (there is one) holds what is wanted.
 fn read_first<T>(
     conn: &rusqlite::Connection,
@@ -586,10 +601,7 @@ fn read_first<T>(
     args: &[Arg],
     decode: impl FnMut(&LiteRow<'_, '_>) -> Result<T, sqlx::Error>,
 ) -> StoreResult<T> {
-    read_rows(conn, text, args, decode)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| StoreError::Internal(format!("no row from `{text}`")))
+    read_optional(conn, text, args, decode)?.ok_or_else(|| StoreError::Internal(format!("no row from `{text}`")))
 }
 
 fn text_args<const N: usize>(values: [&str; N]) -> Vec<Arg> {
@@ -600,22 +612,19 @@ fn text_args<const N: usize>(values: [&str; N]) -> Vec<Arg> {
 impl Store for SqliteStore {
     async fn read(&self, ty: &str, id: &str) -> StoreResult<Option<Stored>> {
         let args = text_args([ty, id]);
-        let rows = self.readers.run(move |c| read_rows(c, &READ_QUERY, &args, |r| stored(r))).await?;
-        Ok(rows.into_iter().next())
+        self.readers.run(move |c| read_optional(c, &READ_QUERY, &args, |r| stored(r))).await
     }
 
     async fn vread(&self, ty: &str, id: &str, version: i64) -> StoreResult<Option<Stored>> {
         let mut args = text_args([ty, id]);
         args.push(Arg::Int(version));
-        let rows = self
-            .readers
+        self.readers
             .run(move |c| {
                 let text = "SELECT 0, v.res_type, v.res_id, v.version, v.last_updated_ms, v.deleted, v.method, v.body, '', '' \
                             FROM versions v WHERE v.res_type = ? AND v.res_id = ? AND v.version = ?";
-                read_rows(c, text, &args, |r| stored(r))
+                read_optional(c, text, &args, |r| stored(r))
             })
-            .await?;
-        Ok(rows.into_iter().next())
+            .await
     }
 
     async fn history(&self, q: &HistoryQuery) -> StoreResult<HistoryPage> {
@@ -794,7 +803,7 @@ const AUDIT_INDEX_BATCH: i64 = 2_000;
 
 /// Adds new audit entries to `audit_patient` in sorted batches; ends when
 /// the store is dropped. Until then, queries find them by `audit_log.patients`.
-async fn audit_indexer(writer: Weak<Mutex<Writer>>, flush: Arc<Notify>, readers: Arc<Readers>) {
+async fn audit_indexer(writer: Weak<Mutex<Writer>>, flush: Arc<Notify>, readers: Readers) {
     loop {
         tokio::time::sleep(AUDIT_INDEX_INTERVAL).await;
         let Some(writer) = writer.upgrade() else { return };

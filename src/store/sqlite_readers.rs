@@ -28,7 +28,8 @@ pub(super) const INLINE_BUDGET: Duration = Duration::from_millis(1);
 const STEPS_PER_CHECK: i32 = 1_000;
 
 /// A pool of read-only connections to one database file, opened as needed
-/// up to its size.
+/// up to its size; clones share it.
+#[derive(Clone)]
 pub(super) struct Readers {
     inner: Arc<Inner>,
 }
@@ -270,7 +271,6 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn no_more_connections_than_the_size_are_open_and_the_rest_wait() {
         let (_dir, readers) = pool(1);
-        let readers = Arc::new(readers);
         let at_once = Arc::new(AtomicU64::new(0));
         let most = Arc::new(AtomicU64::new(0));
         let queries = (0..4).map(|_| {
