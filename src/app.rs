@@ -23,9 +23,22 @@ use crate::{
     store::Store,
 };
 
-/// Shared state of a running gateway; cheap to clone.
+/// Shared state of a running gateway: one reference to [`Shared`], so
+/// that the clones axum makes for every request (the state of each
+/// middleware and handler) each touch one reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
@@ -34,7 +47,7 @@ pub struct AppState {
     /// Token verification and issuing; `None` when `auth.enabled = false` (development only).
     pub auth: Option<Arc<crate::auth::Auth>>,
     /// The mappings in effect; replaced whole on reload, so a request keeps the set it started with.
-    mappings: Arc<RwLock<Arc<MappingSet>>>,
+    mappings: RwLock<Arc<MappingSet>>,
     /// Turns of batch ingest (`ingest.max_concurrent_batches`).
     pub batch_turns: Arc<tokio::sync::Semaphore>,
 }
@@ -85,15 +98,15 @@ impl AppState {
             tracing::info!(organisations = added, "NPÖ registry seeded from the reference data");
         }
         let batch_turns = Arc::new(tokio::sync::Semaphore::new(config.ingest.max_concurrent_batches));
-        Ok(AppState {
+        Ok(AppState(Arc::new(Shared {
             config: Arc::new(config),
             store,
             metrics: Arc::new(Metrics::default()),
             started: crate::fhir::format::instant(chrono::Utc::now().timestamp_millis()).into(),
             auth,
-            mappings: Arc::new(RwLock::new(Arc::new(mappings))),
+            mappings: RwLock::new(Arc::new(mappings)),
             batch_turns,
-        })
+        })))
     }
 
     /// The mappings in effect now.

@@ -977,10 +977,11 @@ impl SqliteTx {
         Ok(rid)
     }
 
-    /// Writes an audit entry, extending the hash chain.
+    /// Writes an audit entry, extending the hash chain; the chain head row
+    /// is written once, at commit (a batch of ingested records appends one
+    /// entry per record).
     fn write_audit(&mut self, r: &AuditRecord) -> StoreResult<()> {
-        self.append_audit_row(r, &super::audit_body::pack(&r.body))?;
-        self.write_audit_head()
+        self.append_audit_row(r, &super::audit_body::pack(&r.body))
     }
 
     /// Inserts the next entry of the hash chain and moves the chain head on
@@ -1004,22 +1005,19 @@ impl SqliteTx {
         Ok(())
     }
 
-    /// Records the chain head as it is now.
+    /// Records the chain head as it is now (at commit, when this transaction appended).
     fn write_audit_head(&mut self) -> StoreResult<()> {
         let (seq, hash) = (self.guard.audit_seq, self.guard.audit_hash.clone());
         self.exec("UPDATE OR FAIL audit_head SET seq = ?, hash = ? WHERE one = 1", params![seq, hash])?;
         Ok(())
     }
 
-    /// Appends many audit entries (a journal import).
+    /// Appends many audit entries (a journal import; the head is written at commit).
     fn append_audit_rows(&mut self, entries: &[&audit_journal::Entry]) -> StoreResult<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
         for e in entries {
             self.append_audit_row(&e.record, &e.packed)?;
         }
-        self.write_audit_head()
+        Ok(())
     }
 }
 
@@ -1324,6 +1322,9 @@ impl StoreTx for SqliteTx {
             return Ok(()); // nothing was read or written
         }
         let mut this = *self;
+        if this.audit_saved.is_some() {
+            this.write_audit_head()?;
+        }
         // The work joins the outer transaction, which the flusher commits.
         this.guard.conn.execute_batch("RELEASE tx").map_err(lite_err)?;
         this.guard.abandoned = false;
@@ -1438,6 +1439,41 @@ mod tests {
         for i in 0..50 {
             assert!(store.read("Patient", &format!("p{i}")).await.unwrap().is_some(), "p{i} missing");
         }
+    }
+
+    #[tokio::test]
+    async fn the_chain_head_is_recorded_once_per_transaction_and_survives_a_reopen() {
+        use crate::audit::{Verdict, verify};
+        let record = |i: usize| AuditRecord {
+            event_id: format!("e{i}"),
+            recorded_ms: 1_700_000_000_000,
+            body: format!("{{\"resourceType\":\"AuditEvent\",\"id\":\"e{i}\"}}"),
+            patients: vec![],
+        };
+        let (dir, store) = store().await;
+        let mut tx = store.begin().await.unwrap();
+        for i in 0..3 {
+            tx.audit(record(i)).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+        let (seq, hash) = store.audit_head().await.unwrap();
+        assert_eq!(seq, 3);
+        let last = store.audit_chain(2, 1).await.unwrap();
+        assert_eq!(last[0].hash, hash, "the head row names the last entry");
+        // Appends of a transaction that is dropped leave the head where it was.
+        let mut tx = store.begin().await.unwrap();
+        tx.audit(record(9)).await.unwrap();
+        drop(tx);
+        assert_eq!(store.audit_head().await.unwrap(), (seq, hash));
+        drop(store);
+        // A reopened store goes on from the recorded head: one unbroken chain.
+        let config =
+            DatabaseConfig { url: format!("sqlite://{}/t.db", dir.path().display()), ..DatabaseConfig::default() };
+        let store = SqliteStore::open(&config).await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        tx.audit(record(3)).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(verify(&store).await.unwrap(), Verdict::Intact { entries: 4 });
     }
 
     #[tokio::test]
