@@ -39,17 +39,17 @@ impl std::ops::Deref for AppState {
 
 /// What [`AppState`] shares.
 pub struct Shared {
-    pub config: Arc<Config>,
+    pub config: Config,
     pub store: Arc<dyn Store>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Metrics,
     /// When this process started (FHIR instant), for the CapabilityStatement date.
-    pub started: Arc<str>,
+    pub started: String,
     /// Token verification and issuing; `None` when `auth.enabled = false` (development only).
-    pub auth: Option<Arc<crate::auth::Auth>>,
+    pub auth: Option<crate::auth::Auth>,
     /// The mappings in effect; replaced whole on reload, so a request keeps the set it started with.
     mappings: RwLock<Arc<MappingSet>>,
     /// Turns of batch ingest (`ingest.max_concurrent_batches`).
-    pub batch_turns: Arc<tokio::sync::Semaphore>,
+    pub batch_turns: tokio::sync::Semaphore,
 }
 
 impl AppState {
@@ -71,7 +71,7 @@ impl AppState {
 
     async fn open_with_root(config: Config, root: String) -> anyhow::Result<AppState> {
         let auth = if config.auth.enabled {
-            Some(Arc::new(auth_from_config(&config, format!("{root}/auth/token"))?))
+            Some(auth_from_config(&config, format!("{root}/auth/token"))?)
         } else {
             tracing::warn!("authentication is switched off (auth.enabled = false): every request acts as the gateway");
             None
@@ -97,12 +97,12 @@ impl AppState {
         if added > 0 {
             tracing::info!(organisations = added, "NPÖ registry seeded from the reference data");
         }
-        let batch_turns = Arc::new(tokio::sync::Semaphore::new(config.ingest.max_concurrent_batches));
+        let batch_turns = tokio::sync::Semaphore::new(config.ingest.max_concurrent_batches);
         Ok(AppState(Arc::new(Shared {
-            config: Arc::new(config),
+            config,
             store,
-            metrics: Arc::new(Metrics::default()),
-            started: crate::fhir::format::instant(chrono::Utc::now().timestamp_millis()).into(),
+            metrics: Metrics::default(),
+            started: crate::fhir::format::instant(chrono::Utc::now().timestamp_millis()),
             auth,
             mappings: RwLock::new(Arc::new(mappings)),
             batch_turns,

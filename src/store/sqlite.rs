@@ -1393,10 +1393,14 @@ mod tests {
 
     async fn store() -> (tempfile::TempDir, Arc<SqliteStore>) {
         let dir = tempfile::tempdir().unwrap();
-        let config =
-            DatabaseConfig { url: format!("sqlite://{}/t.db", dir.path().display()), ..DatabaseConfig::default() };
-        let store = SqliteStore::open(&config).await.unwrap();
+        let store = open_in(dir.path()).await;
         (dir, Arc::new(store))
+    }
+
+    /// Opens (or reopens) the test database in `dir`.
+    async fn open_in(dir: &Path) -> SqliteStore {
+        let config = DatabaseConfig { url: format!("sqlite://{}/t.db", dir.display()), ..DatabaseConfig::default() };
+        SqliteStore::open(&config).await.unwrap()
     }
 
     /// Version 1 of `Patient/id`.
@@ -1467,9 +1471,7 @@ mod tests {
         assert_eq!(store.audit_head().await.unwrap(), (seq, hash));
         drop(store);
         // A reopened store goes on from the recorded head: one unbroken chain.
-        let config =
-            DatabaseConfig { url: format!("sqlite://{}/t.db", dir.path().display()), ..DatabaseConfig::default() };
-        let store = SqliteStore::open(&config).await.unwrap();
+        let store = open_in(dir.path()).await;
         let mut tx = store.begin().await.unwrap();
         tx.audit(record(3)).await.unwrap();
         tx.commit().await.unwrap();
