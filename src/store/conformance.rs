@@ -407,3 +407,40 @@ async fn resources_are_found_by_identifier_value_under_any_system_oldest_first()
     );
     assert!(store.find_by_identifier(&[]).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_concepts_text_and_its_codings_display_are_found_by_text_apart_never_across() {
+    let (_db, store) = store().await;
+    let store = &*store;
+    let body = r#"{"resourceType":"Observation","id":"o1","status":"final",
+        "code":{"coding":[{"system":"urn:icf","code":"d510","display":"Washing oneself"},
+                          {"system":"urn:local","code":"hyg"}],"text":"Personlig hygien"},
+        "category":[{"text":"Bedömning"}]}"#;
+    let resource = crate::json::Value::from(serde_json::from_str::<serde_json::Value>(body).unwrap());
+    let index: Vec<_> =
+        crate::fhir::search::extract::extract(&resource).into_iter().map(|(p, v)| (p.code, v)).collect();
+    let mut tx = store.begin().await.unwrap();
+    tx.put(NewVersion { ty: "Observation", id: "o1", index, ..NewVersion::test_patient("o1", body) }).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let found = |param: &'static str, text: &str| {
+        let mut plan = SearchPlan::new("Observation");
+        plan.count = 10;
+        let normalized = crate::fhir::search::values::normalize_string(text);
+        plan.filters.push(Filter::Any(vec![Atom::TokenText { param, normalized }]));
+        async move { store.search(&plan).await.unwrap().rows.len() }
+    };
+    assert_eq!(found("code", "washing").await, 1, "the coding's display");
+    assert_eq!(found("code", "hygien").await, 1, "the concept's text, on the first coding's row");
+    assert_eq!(found("code", "oneself personlig").await, 0, "not across the two texts");
+    assert_eq!(found("code", "oneself\u{1f}personlig").await, 0, "a separator in the query is a space");
+    assert_eq!(found("category", "bedomning").await, 1, "a concept with only text");
+    assert_eq!(found("code", "dressing").await, 0);
+    let code = |query| {
+        let mut plan = SearchPlan::new("Observation");
+        plan.count = 10;
+        plan.filters.push(Filter::Any(vec![Atom::Token { param: "code", query }]));
+        async move { store.search(&plan).await.unwrap().rows.len() }
+    };
+    assert_eq!(code(TokenQuery::SystemCode("urn:local".into(), "hyg".into())).await, 1, "the second coding");
+}

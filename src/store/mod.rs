@@ -24,7 +24,7 @@ use async_trait::async_trait;
 
 pub use plan::{Cursor, Filter, SearchPlan};
 
-use crate::fhir::search::extract::IndexValue;
+use crate::fhir::search::extract::{IndexValue, TEXT_SEPARATOR};
 
 /// One stored version of a resource.
 #[derive(Clone, Debug)]
@@ -463,11 +463,7 @@ pub(crate) fn index_columns(v: &IndexValue) -> (plan::IndexTable, Vec<sql::Arg>)
     match v {
         IndexValue::Token { system, code, text: t } => (
             IndexTable::Token,
-            vec![
-                text(system),
-                text(code),
-                t.as_deref().map_or(Arg::Null, |t| Arg::Text(crate::fhir::search::values::normalize_string(t))),
-            ],
+            vec![text(system), text(code), t.as_deref().map_or(Arg::Null, |t| Arg::Text(normalize_texts(t)))],
         ),
         IndexValue::String { exact, normalized } => {
             (IndexTable::String, vec![Arg::Text(normalized.clone()), Arg::Text(exact.clone())])
@@ -489,6 +485,18 @@ pub(crate) fn index_columns(v: &IndexValue) -> (plan::IndexTable, Vec<sql::Arg>)
         }
         IndexValue::Uri(u) => (IndexTable::Uri, vec![Arg::Text(u.clone())]),
     }
+}
+
+/// A token value's texts, each normalised, still apart (see [`TEXT_SEPARATOR`]).
+fn normalize_texts(texts: &str) -> String {
+    use crate::fhir::search::values::normalize_string;
+    let mut parts = texts.split(TEXT_SEPARATOR).map(normalize_string);
+    let mut out = parts.next().unwrap_or_default();
+    for part in parts {
+        out.push(TEXT_SEPARATOR);
+        out.push_str(&part);
+    }
+    out
 }
 
 /// The refusal of a first push whose record another transaction pushed first.

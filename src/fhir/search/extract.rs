@@ -19,6 +19,12 @@ use super::params_table::{ELEMENTS, PARAMS, RESOURCE_TYPES};
 use super::values::{date_range, normalize_string};
 use crate::json::Value;
 
+/// Separates the texts of one token value (a coding's display and its
+/// CodeableConcept's text): each is normalised on its own, and a `:text`
+/// search, whose normalised value has no control characters, matches
+/// within one of them, never across.
+pub const TEXT_SEPARATOR: char = '\u{1f}';
+
 /// One value of one search parameter, ready for an index table.
 #[derive(Clone, Debug, PartialEq)]
 pub enum IndexValue {
@@ -27,7 +33,10 @@ pub enum IndexValue {
     /// primitives (system None), ContactPoint (value).
     ///
     /// A CodeableConcept yields one value per coding (`text` = the coding's
-    /// display) and, when it has `text`, one more with only `text` set.
+    /// display). Its own `text` joins the first coding's display after
+    /// [`TEXT_SEPARATOR`] — a search reads a resource's rows of a parameter
+    /// together, so a row of its own would only cost an index entry — or,
+    /// with no coding, is a value with only `text` set.
     Token {
         system: Option<String>,
         code: Option<String>,
@@ -621,10 +630,19 @@ fn token(ty: &str, node: &Value, emit: &mut dyn FnMut(IndexValue)) {
     match ty {
         "Coding" => coding(node, emit),
         "CodeableConcept" => {
+            let mut text = owned(node, "text");
             for c in node.get("coding").and_then(Value::as_array).unwrap_or_default() {
-                coding(c, emit);
+                coding(c, &mut |mut v| {
+                    if let (IndexValue::Token { text: display, .. }, Some(concept)) = (&mut v, text.take()) {
+                        *display = Some(match display.take() {
+                            Some(d) => format!("{d}{TEXT_SEPARATOR}{concept}"),
+                            None => concept,
+                        });
+                    }
+                    emit(v)
+                });
             }
-            if let Some(text) = owned(node, "text") {
+            if let Some(text) = text {
                 emit(IndexValue::Token { system: None, code: None, text: Some(text) });
             }
         }
@@ -761,7 +779,7 @@ mod tests {
         let obs = observation();
         assert_eq!(
             values(&obs, "code"),
-            [tok(Some("http://loinc.org"), Some("85354-9"), Some("Blood pressure")), tok(None, None, Some("BP"))]
+            [tok(Some("http://loinc.org"), Some("85354-9"), Some("Blood pressure\u{1f}BP"))]
         );
         assert_eq!(
             values(&obs, "category"),

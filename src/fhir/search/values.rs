@@ -361,14 +361,15 @@ fn is_decimal(s: &str) -> bool {
 
 /// Normalises a string for matching: lowercased, accents and other
 /// diacritics removed (`å`→`a`, `ö`→`o`, `ß`→`ss`, `æ`→`ae`; Latin-1
-/// Supplement and Latin Extended-A, plus combining marks), whitespace
-/// collapsed to single spaces and trimmed. Used for index values and query
+/// Supplement and Latin Extended-A, plus combining marks), whitespace and
+/// control characters collapsed to single spaces and trimmed (so a query's
+/// value never holds [`super::extract::TEXT_SEPARATOR`]). Used for index values and query
 /// values alike.
 pub fn normalize_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut space = false;
     for ch in s.chars() {
-        if ch.is_whitespace() {
+        if ch.is_whitespace() || ch.is_control() {
             space = !out.is_empty();
             continue;
         }
@@ -588,5 +589,6 @@ mod tests {
         assert_eq!(normalize_string("İSTANBUL"), "istanbul");
         assert_eq!(normalize_string("Σοφία"), "σοφία");
         assert_eq!(normalize_string(""), "");
+        assert_eq!(normalize_string("a\u{1f}b\u{0}\u{7f}c"), "a b c"); // control characters are spaces
     }
 }
