@@ -444,3 +444,79 @@ async fn a_concepts_text_and_its_codings_display_are_found_by_text_apart_never_a
     };
     assert_eq!(code(TokenQuery::SystemCode("urn:local".into(), "hyg".into())).await, 1, "the second coding");
 }
+
+#[tokio::test]
+async fn patient_is_answered_from_subject_rows_that_point_to_a_patient_and_from_rows_of_its_own() {
+    let (_db, store) = store().await;
+    let store = &*store;
+    let mut tx = store.begin().await.unwrap();
+    let patient = r#"{"resourceType":"Patient","id":"p1"}"#;
+    tx.put(NewVersion::test_patient("p1", patient)).await.unwrap();
+    let observations = [
+        (
+            "by-id",
+            r#"{"resourceType":"Observation","id":"by-id","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/p1"}}"#,
+        ),
+        (
+            "group",
+            r#"{"resourceType":"Observation","id":"group","status":"final","code":{"text":"x"},"subject":{"reference":"Group/p1"}}"#,
+        ),
+        (
+            "logical",
+            r#"{"resourceType":"Observation","id":"logical","status":"final","code":{"text":"x"},"subject":{"type":"Patient","identifier":{"system":"urn:pnr","value":"191212121212"}}}"#,
+        ),
+        ("none", r#"{"resourceType":"Observation","id":"none","status":"final","code":{"text":"x"}}"#),
+    ];
+    for (id, body) in observations {
+        let resource = crate::json::Value::from(serde_json::from_str::<serde_json::Value>(body).unwrap());
+        let index: Vec<_> =
+            crate::fhir::search::extract::extract(&resource).into_iter().map(|(p, v)| (p.code, v)).collect();
+        assert!(index.iter().all(|(p, _)| *p != "patient"), "no rows of its own");
+        tx.put(NewVersion { ty: "Observation", id, index, ..NewVersion::test_patient(id, body) }).await.unwrap();
+    }
+    // A database written before the alias holds `patient` rows of its own.
+    let old = r#"{"resourceType":"Observation","id":"old","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/p1"}}"#;
+    let row = |param| {
+        let target = IndexValue::Reference {
+            reference: Some("Patient/p1".into()),
+            target_type: Some("Patient".into()),
+            target_id: Some("p1".into()),
+            identifier: None,
+        };
+        (param, target)
+    };
+    let index = vec![row("subject"), row("patient")];
+    tx.put(NewVersion { ty: "Observation", id: "old", index, ..NewVersion::test_patient("old", old) }).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let ids = |filter: Atom| {
+        let mut plan = SearchPlan::new("Observation");
+        plan.count = 10;
+        plan.filters.push(Filter::Any(vec![filter]));
+        async move {
+            let mut ids: Vec<String> = store.search(&plan).await.unwrap().rows.into_iter().map(|r| r.id).collect();
+            ids.sort();
+            ids
+        }
+    };
+    let by_id = |ty: Option<&str>| Atom::Reference { param: "patient", ty: ty.map(Into::into), id: "p1".into() };
+    assert_eq!(ids(by_id(None)).await, ["by-id", "old"], "not the Group with the same id");
+    assert_eq!(ids(by_id(Some("Patient"))).await, ["by-id", "old"]);
+    let pnr = TokenQuery::SystemCode("urn:pnr".into(), "191212121212".into());
+    assert_eq!(ids(Atom::ReferenceIdentifier { param: "patient", query: pnr }).await, ["logical"]);
+    let missing = |missing| Atom::Missing { param: "patient", table: super::plan::IndexTable::Reference, missing };
+    assert_eq!(ids(missing(true)).await, ["group", "none"]);
+    assert_eq!(ids(missing(false)).await, ["by-id", "logical", "old"]);
+    assert_eq!(ids(Atom::Reference { param: "subject", ty: None, id: "p1".into() }).await, ["by-id", "group", "old"]);
+
+    let mut all = SearchPlan::new("Observation");
+    all.count = 10;
+    let rows = store.search(&all).await.unwrap().rows;
+    let included = store.include(&rows, "patient", None, 10).await.unwrap();
+    assert_eq!(included.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["p1"]);
+    let patients = store.read("Patient", "p1").await.unwrap().into_iter().collect::<Vec<_>>();
+    let mut rev: Vec<_> =
+        store.revinclude(&patients, "Observation", "patient", 10).await.unwrap().into_iter().map(|r| r.id).collect();
+    rev.sort();
+    assert_eq!(rev, ["by-id", "old"]);
+}

@@ -229,13 +229,13 @@ pub fn identifier_lookup(values: &[&str]) -> Sql {
     sql
 }
 
-/// Current resources that `rows` reference through `param` (an `_include`).
+/// Current resources that `rows` (a page of one search, all of one type)
+/// reference through `param` (an `_include`).
 pub fn include_query(rows: &[Stored], param: &str, target_type: Option<&str>, limit: usize) -> Sql {
     let mut sql = Sql::default();
     sql.push("SELECT ").push(ROW_COLUMNS);
-    sql.push(" FROM resources r JOIN versions v ON v.vid = r.vid WHERE r.deleted = 0 AND r.rid IN (SELECT t.rid FROM idx_reference x JOIN resources t ON t.res_type = x.target_type AND t.res_id = x.target_id WHERE x.param = ")
-        .text_arg(param)
-        .push(" AND x.rid IN (");
+    sql.push(" FROM resources r JOIN versions v ON v.vid = r.vid WHERE r.deleted = 0 AND r.rid IN (SELECT t.rid FROM idx_reference x JOIN resources t ON t.res_type = x.target_type AND t.res_id = x.target_id WHERE ");
+    param_is(&mut sql, "x.param", rows.first().map_or("", |r| r.ty.as_str()), param).push(" AND x.rid IN (");
     for (i, r) in rows.iter().enumerate() {
         if i > 0 {
             sql.push(", ");
@@ -256,9 +256,8 @@ pub fn revinclude_query(rows: &[Stored], source_type: &str, param: &str, limit: 
     sql.push("SELECT ").push(ROW_COLUMNS);
     sql.push(" FROM resources r JOIN versions v ON v.vid = r.vid WHERE r.res_type = ")
         .text_arg(source_type)
-        .push(" AND r.deleted = 0 AND r.rid IN (SELECT x.rid FROM idx_reference x WHERE x.param = ")
-        .text_arg(param)
-        .push(" AND (");
+        .push(" AND r.deleted = 0 AND r.rid IN (SELECT x.rid FROM idx_reference x WHERE ");
+    param_is(&mut sql, "x.param", source_type, param).push(" AND (");
     for (i, r) in rows.iter().enumerate() {
         if i > 0 {
             sql.push(" OR ");
@@ -370,9 +369,18 @@ fn open_in<'a>(sql: &'a mut Sql, ty: &str, alias: &str, table: IndexTable, param
     param_is(sql, if mode == Mode::Drive { "param" } else { "m.param" }, ty, param).push(" AND ")
 }
 
-/// `column = param`, or `column IN (…)` when `ty`'s `param` is the union of
-/// other parameters and has no index rows of its own ([`params::union_of`]).
+/// `column = param`; `column IN (…)` when `ty`'s `param` is the union of
+/// other parameters and has no index rows of its own ([`params::union_of`]);
+/// for an alias ([`params::alias_of`]) the rows of the parameter it
+/// restricts with its target type, or its own rows from before.
+/// `column` is `param` or `x.param`: the target type is the same table's.
 fn param_is<'a>(sql: &'a mut Sql, column: &str, ty: &str, param: &str) -> &'a mut Sql {
+    if let Some((of, target)) = params::alias_of(ty, param) {
+        let target_type = format!("{}target_type", column.strip_suffix("param").unwrap_or_default());
+        sql.push("(").push(column).push(" = ").text_arg(param);
+        sql.push(" OR ").push(column).push(" = ").text_arg(of);
+        return sql.push(" AND ").push(&target_type).push(" = ").text_arg(target).push(")");
+    }
     sql.push(column);
     match params::union_of(ty, param) {
         None => sql.push(" = ").text_arg(param),

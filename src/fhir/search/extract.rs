@@ -97,7 +97,7 @@ pub fn extract(resource: &Value) -> Vec<(&'static SearchParamDef, IndexValue)> {
     let mut scratch = Vec::new();
     for (def, compiled) in PARAMS[range.clone()].iter().zip(&COMPILED[range]) {
         let Ok(expr) = compiled else { continue };
-        if params::union_of(resource_type, def.code).is_some() {
+        if params::union_of(resource_type, def.code).is_some() || params::alias_of(resource_type, def.code).is_some() {
             continue;
         }
         for path in &expr.paths {
@@ -112,7 +112,7 @@ pub fn extract(resource: &Value) -> Vec<(&'static SearchParamDef, IndexValue)> {
                 }
             }
             for &(node, ty) in &nodes {
-                convert(def.kind, ty, node, &mut |v| out.push((def, v)));
+                convert(def.kind, ty, node, resource, &mut |v| out.push((def, v)));
             }
         }
     }
@@ -524,7 +524,7 @@ fn string_value(s: &str) -> IndexValue {
 }
 
 /// Turns one node of FHIR type `ty` into the index values of a `kind` parameter.
-fn convert(kind: ParamType, ty: &str, node: &Value, emit: &mut dyn FnMut(IndexValue)) {
+fn convert(kind: ParamType, ty: &str, node: &Value, root: &Value, emit: &mut dyn FnMut(IndexValue)) {
     match kind {
         ParamType::Token => token(ty, node, emit),
         ParamType::String => match ty {
@@ -576,7 +576,7 @@ fn convert(kind: ParamType, ty: &str, node: &Value, emit: &mut dyn FnMut(IndexVa
                 target_id: None,
                 identifier: None,
             }),
-            Value::Object(_) => reference(node, emit),
+            Value::Object(_) => reference(node, root, emit),
             _ => {}
         },
         ParamType::Number => {
@@ -671,7 +671,10 @@ fn token(ty: &str, node: &Value, emit: &mut dyn FnMut(IndexValue)) {
     }
 }
 
-fn reference(node: &Value, emit: &mut dyn FnMut(IndexValue)) {
+/// A Reference's row: its target's type as `resolve() is T` sees it (so
+/// an alias such as `patient` is the rows of `subject` with target type
+/// `Patient`, see [`params::alias_of`]), its id when it is a literal `Type/id`.
+fn reference(node: &Value, root: &Value, emit: &mut dyn FnMut(IndexValue)) {
     let reference = str_of(node, "reference");
     let identifier = node.get("identifier").and_then(|i| Some((owned(i, "system"), owned(i, "value")?)));
     if reference.is_none() && identifier.is_none() {
@@ -680,7 +683,7 @@ fn reference(node: &Value, emit: &mut dyn FnMut(IndexValue)) {
     let target = reference.filter(|r| !r.starts_with('#')).and_then(parse_reference);
     emit(IndexValue::Reference {
         reference: reference.map(str::to_owned),
-        target_type: target.map(|t| t.0.to_owned()),
+        target_type: reference_target_type(node, root).map(str::to_owned),
         target_id: target.map(|t| t.1.to_owned()),
         identifier,
     });
@@ -767,7 +770,7 @@ mod tests {
     fn observation_subject_and_patient_references() {
         let obs = observation();
         assert_eq!(values(&obs, "subject"), [reference_to("Patient/p1", Some("Patient"), Some("p1"))]);
-        assert_eq!(values(&obs, "patient"), [reference_to("Patient/p1", Some("Patient"), Some("p1"))]);
+        assert!(values(&obs, "patient").is_empty(), "an alias of subject: no rows of its own");
         let mut group = observation();
         set(&mut group, "subject", json!({"reference": "Group/g1"}));
         assert_eq!(values(&group, "subject").len(), 1);
@@ -884,7 +887,7 @@ mod tests {
         assert_eq!(values(&t, "code"), [tok(Some("http://hl7.org/fhir/CodeSystem/task-code"), Some("fulfill"), None)]);
         assert_eq!(values(&t, "focus"), [reference_to("DocumentReference/d1", Some("DocumentReference"), Some("d1"))]);
         let abs = "https://fhir.example.se/base/Patient/p9/_history/3";
-        assert_eq!(values(&t, "patient"), [reference_to(abs, Some("Patient"), Some("p9"))]);
+        assert!(values(&t, "patient").is_empty(), "an alias of subject");
         assert_eq!(values(&t, "subject"), [reference_to(abs, Some("Patient"), Some("p9"))]);
         assert_eq!(dates(&values(&t, "authored-on")), [pair("2024-05-01T12:00:00.000Z", "2024-05-01T12:00:00.999Z")]);
     }
@@ -903,8 +906,12 @@ mod tests {
         }));
         assert_eq!(values(&d, "type"), [tok(Some("http://loinc.org"), Some("18842-5"), Some("Discharge summary"))]);
         let uuid = "urn:uuid:0a6a6d3a-1b2c-4d5e-8f90-123456789abc";
-        assert_eq!(values(&d, "subject"), [reference_to(uuid, None, None)]);
-        assert_eq!(values(&d, "patient"), [reference_to(uuid, None, None)], "Reference.type names the target");
+        assert_eq!(
+            values(&d, "subject"),
+            [reference_to(uuid, Some("Patient"), None)],
+            "Reference.type names the target"
+        );
+        assert!(values(&d, "patient").is_empty(), "an alias of subject");
         assert_eq!(dates(&values(&d, "date")), [pair("2024-06-01T07:00:00.123Z", "2024-06-01T07:00:00.123Z")]);
         assert_eq!(
             values(&d, "author"),
@@ -988,7 +995,7 @@ mod tests {
                 "scheduledTiming": {"event": ["2024-03-01", "2024-03-08"]}}},
                 {"detail": {"status": "scheduled", "scheduledString": "varje vecka"}}]
         }));
-        assert_eq!(values(&c, "patient"), [reference_to("Patient/p1", Some("Patient"), Some("p1"))]);
+        assert_eq!(values(&c, "subject"), [reference_to("Patient/p1", Some("Patient"), Some("p1"))]);
         assert_eq!(dates(&values(&c, "date")), [pair("-inf", "2024-12-31T23:59:59.999Z")]);
         assert_eq!(values(&c, "activity-date").len(), 2, "two Timing events, the string is not a date");
         assert_eq!(values(&c, "activity-code"), [tok(None, Some("x"), None)]);
@@ -1011,7 +1018,7 @@ mod tests {
         assert_eq!(dates(&values(&g, "start-date")), [pair("2024-01-15T00:00:00.000Z", "2024-01-15T23:59:59.999Z")]);
         assert_eq!(dates(&values(&g, "target-date")), [pair("2024-06-30T00:00:00.000Z", "2024-06-30T23:59:59.999Z")]);
         assert_eq!(values(&g, "lifecycle-status"), [tok(None, Some("active"), None)]);
-        assert_eq!(values(&g, "patient").len(), 1);
+        assert_eq!(values(&g, "subject").len(), 1);
         let concept = Value::from(json!({"resourceType": "Goal", "startCodeableConcept": {"text": "x"}}));
         assert!(values(&concept, "start-date").is_empty());
     }
@@ -1032,7 +1039,7 @@ mod tests {
                 reference_to("Patient/p1/_history/2", Some("Patient"), Some("p1"))
             ]
         );
-        assert_eq!(values(&p, "patient"), [reference_to("Patient/p1/_history/2", Some("Patient"), Some("p1"))]);
+        assert!(values(&p, "patient").is_empty(), "an alias of target");
         assert_eq!(values(&p, "agent").len(), 1);
         assert_eq!(values(&p, "when").len(), 1);
     }
@@ -1069,7 +1076,11 @@ mod tests {
             "contained": [{"resourceType": "Patient", "id": "p"}],
             "subject": {"reference": "#p"}
         }));
-        assert_eq!(values(&obs, "patient"), [reference_to("#p", None, None)]);
+        assert_eq!(
+            values(&obs, "subject"),
+            [reference_to("#p", Some("Patient"), None)],
+            "the contained resource's type"
+        );
     }
 
     #[test]

@@ -90,6 +90,30 @@ const UNIONS: &[(&str, &str, &[&str])] = &[
     ("Observation", "combo-value-quantity", &["value-quantity", "component-value-quantity"]),
 ];
 
+/// Parameters whose values are those of another reference parameter of
+/// the same type that point to one resource type: `(type, code, of, target)`
+/// where `code`'s expression is `of`'s with `.where(resolve() is target)`
+/// (checked by a test against the R4 definitions). They get no index rows
+/// of their own — an Observation's `patient` row repeated its `subject`
+/// row, and was a second random page per record in the reference index —
+/// and a search reads `of`'s rows with that target type instead (and rows
+/// of their own that databases written before still hold).
+const ALIASES: &[(&str, &str, &str, &str)] = &[
+    ("CarePlan", "patient", "subject", "Patient"),
+    ("CareTeam", "patient", "subject", "Patient"),
+    ("DocumentReference", "patient", "subject", "Patient"),
+    ("Goal", "patient", "subject", "Patient"),
+    ("Observation", "patient", "subject", "Patient"),
+    ("Provenance", "patient", "target", "Patient"),
+    ("Task", "patient", "subject", "Patient"),
+];
+
+/// The parameter and target type whose rows answer `resource_type`'s
+/// `code`, when it is an alias (see [`ALIASES`]).
+pub fn alias_of(resource_type: &str, code: &str) -> Option<(&'static str, &'static str)> {
+    ALIASES.iter().find(|(ty, c, _, _)| *ty == resource_type && *c == code).map(|(_, _, of, target)| (*of, *target))
+}
+
 /// The parameters whose rows answer `resource_type`'s `code`, when it is a
 /// union of others (see [`UNIONS`]); `None` when it has rows of its own.
 pub fn union_of(resource_type: &str, code: &str) -> Option<&'static [&'static str]> {
@@ -207,6 +231,22 @@ mod tests {
         assert_eq!(union_of("Observation", "combo-code"), Some(&["code", "component-code"][..]));
         assert_eq!(union_of("Observation", "code"), None);
         assert_eq!(union_of("Condition", "combo-code"), None);
+    }
+
+    #[test]
+    fn each_alias_is_its_parameter_restricted_to_one_target_type() {
+        for (ty, code, of, target) in ALIASES {
+            let alias = lookup(ty, code).unwrap_or_else(|| panic!("{ty}.{code}"));
+            let base = lookup(ty, of).unwrap_or_else(|| panic!("{ty}.{of}"));
+            assert_eq!(alias.expression, format!("{}.where(resolve() is {target})", base.expression), "{ty}.{code}");
+            assert_eq!((alias.kind, base.kind), (ParamType::Reference, ParamType::Reference));
+            assert_eq!(alias.targets, [*target]);
+            assert!(base.targets.contains(target));
+            assert!(union_of(ty, code).is_none() && union_of(ty, of).is_none() && alias_of(ty, of).is_none());
+        }
+        assert_eq!(alias_of("Observation", "patient"), Some(("subject", "Patient")));
+        assert_eq!(alias_of("Observation", "subject"), None);
+        assert_eq!(alias_of("AuditEvent", "patient"), None, "two expressions: rows of its own");
     }
 
     #[test]
