@@ -16,34 +16,12 @@ set -Eeuo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${1:-$root/target/release/nara-gateway}
 seconds=${2:-6}
-[[ -x "$bin" ]] || { echo "wal-pages.sh: no binary at $bin (cargo build --release)" >&2; exit 1; }
-command -v wrk >/dev/null || { echo "wal-pages.sh: needs wrk (bench/run.sh installs it)" >&2; exit 1; }
+name=wal-pages.sh
+# shellcheck source=bench/plain-gateway.sh
+source "$root/bench/plain-gateway.sh"
 
-work=$(mktemp -d "${TMPDIR:-/dev/shm}/nara-wal.XXXXXX")
-pid=""
-cleanup() {
-  if [[ -n "$pid" ]]; then
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-NARA_SERVER__LISTEN=127.0.0.1:0 NARA_DATABASE__URL="sqlite://$work/g.db" NARA_SERVER__TLS__ENABLED=false \
-  NARA_AUTH__ENABLED=false "$bin" serve >"$work/out" 2>"$work/log" &
-pid=$!
-for _ in $(seq 200); do
-  grep -q '^listening on' "$work/out" 2>/dev/null && break
-  sleep 0.05
-done
-addr=$(sed -n 's|^listening on http://||p' "$work/out")
-[[ -n "$addr" ]] || { cat "$work/log" >&2; echo "wal-pages.sh: the gateway did not start" >&2; exit 1; }
-BENCH_DIR="$root/bench" wrk -t2 -c16 -d"${seconds}s" --timeout 10s -s "$root/bench/ingest_batch.lua" \
-  "http://$addr" -- /dev/null | grep -E 'Requests/sec' >&2
-kill -KILL "$pid"
-wait "$pid" 2>/dev/null || true
-pid=""
+batch_load "$seconds" | grep -E 'Requests/sec' >&2
+stop_plain_gateway
 mkdir "$work/copy"
 cp "$work/g.db" "$work/g.db-wal" "$work/copy/"
 
