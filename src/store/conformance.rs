@@ -56,6 +56,20 @@ fn by_identifier(value: &str) -> SearchPlan {
     plan
 }
 
+/// The search index of a resource's JSON text, as the gateway writes it.
+fn index_of(body: &str) -> Vec<(&'static str, IndexValue)> {
+    let resource = crate::json::Value::from(serde_json::from_str::<serde_json::Value>(body).unwrap());
+    crate::fhir::search::extract::extract(&resource).into_iter().map(|(p, v)| (p.code, v)).collect()
+}
+
+/// Observations matching `atom`, ten to a page.
+fn observations_where(atom: Atom) -> SearchPlan {
+    let mut plan = SearchPlan::new("Observation");
+    plan.count = 10;
+    plan.filters.push(Filter::Any(vec![atom]));
+    plan
+}
+
 #[tokio::test]
 async fn the_stored_text_is_read_back_byte_for_byte_in_every_version() {
     let (_db, store) = store().await;
@@ -416,33 +430,22 @@ async fn a_concepts_text_and_its_codings_display_are_found_by_text_apart_never_a
         "code":{"coding":[{"system":"urn:icf","code":"d510","display":"Washing oneself"},
                           {"system":"urn:local","code":"hyg"}],"text":"Personlig hygien"},
         "category":[{"text":"Bedömning"}]}"#;
-    let resource = crate::json::Value::from(serde_json::from_str::<serde_json::Value>(body).unwrap());
-    let index: Vec<_> =
-        crate::fhir::search::extract::extract(&resource).into_iter().map(|(p, v)| (p.code, v)).collect();
+    let index = index_of(body);
     let mut tx = store.begin().await.unwrap();
     tx.put(NewVersion { ty: "Observation", id: "o1", index, ..NewVersion::test_patient("o1", body) }).await.unwrap();
     tx.commit().await.unwrap();
 
-    let found = |param: &'static str, text: &str| {
-        let mut plan = SearchPlan::new("Observation");
-        plan.count = 10;
-        let normalized = crate::fhir::search::values::normalize_string(text);
-        plan.filters.push(Filter::Any(vec![Atom::TokenText { param, normalized }]));
-        async move { store.search(&plan).await.unwrap().rows.len() }
-    };
+    let count = |atom| async move { store.search(&observations_where(atom)).await.unwrap().rows.len() };
+    let found =
+        |param, text| count(Atom::TokenText { param, normalized: crate::fhir::search::values::normalize_string(text) });
     assert_eq!(found("code", "washing").await, 1, "the coding's display");
     assert_eq!(found("code", "hygien").await, 1, "the concept's text, on the first coding's row");
     assert_eq!(found("code", "oneself personlig").await, 0, "not across the two texts");
     assert_eq!(found("code", "oneself\u{1f}personlig").await, 0, "a separator in the query is a space");
     assert_eq!(found("category", "bedomning").await, 1, "a concept with only text");
     assert_eq!(found("code", "dressing").await, 0);
-    let code = |query| {
-        let mut plan = SearchPlan::new("Observation");
-        plan.count = 10;
-        plan.filters.push(Filter::Any(vec![Atom::Token { param: "code", query }]));
-        async move { store.search(&plan).await.unwrap().rows.len() }
-    };
-    assert_eq!(code(TokenQuery::SystemCode("urn:local".into(), "hyg".into())).await, 1, "the second coding");
+    let query = TokenQuery::SystemCode("urn:local".into(), "hyg".into());
+    assert_eq!(count(Atom::Token { param: "code", query }).await, 1, "the second coding");
 }
 
 #[tokio::test]
@@ -468,9 +471,7 @@ async fn patient_is_answered_from_subject_rows_that_point_to_a_patient_and_from_
         ("none", r#"{"resourceType":"Observation","id":"none","status":"final","code":{"text":"x"}}"#),
     ];
     for (id, body) in observations {
-        let resource = crate::json::Value::from(serde_json::from_str::<serde_json::Value>(body).unwrap());
-        let index: Vec<_> =
-            crate::fhir::search::extract::extract(&resource).into_iter().map(|(p, v)| (p.code, v)).collect();
+        let index = index_of(body);
         assert!(index.iter().all(|(p, _)| *p != "patient"), "no rows of its own");
         tx.put(NewVersion { ty: "Observation", id, index, ..NewVersion::test_patient(id, body) }).await.unwrap();
     }
@@ -489,15 +490,11 @@ async fn patient_is_answered_from_subject_rows_that_point_to_a_patient_and_from_
     tx.put(NewVersion { ty: "Observation", id: "old", index, ..NewVersion::test_patient("old", old) }).await.unwrap();
     tx.commit().await.unwrap();
 
-    let ids = |filter: Atom| {
-        let mut plan = SearchPlan::new("Observation");
-        plan.count = 10;
-        plan.filters.push(Filter::Any(vec![filter]));
-        async move {
-            let mut ids: Vec<String> = store.search(&plan).await.unwrap().rows.into_iter().map(|r| r.id).collect();
-            ids.sort();
-            ids
-        }
+    let ids = |atom| async move {
+        let mut ids: Vec<String> =
+            store.search(&observations_where(atom)).await.unwrap().rows.into_iter().map(|r| r.id).collect();
+        ids.sort();
+        ids
     };
     let by_id = |ty: Option<&str>| Atom::Reference { param: "patient", ty: ty.map(Into::into), id: "p1".into() };
     assert_eq!(ids(by_id(None)).await, ["by-id", "old"], "not the Group with the same id");

@@ -235,7 +235,7 @@ pub fn include_query(rows: &[Stored], param: &str, target_type: Option<&str>, li
     let mut sql = Sql::default();
     sql.push("SELECT ").push(ROW_COLUMNS);
     sql.push(" FROM resources r JOIN versions v ON v.vid = r.vid WHERE r.deleted = 0 AND r.rid IN (SELECT t.rid FROM idx_reference x JOIN resources t ON t.res_type = x.target_type AND t.res_id = x.target_id WHERE ");
-    param_is(&mut sql, "x.param", rows.first().map_or("", |r| r.ty.as_str()), param).push(" AND x.rid IN (");
+    param_is(&mut sql, "x.", rows.first().map_or("", |r| r.ty.as_str()), param).push(" AND x.rid IN (");
     for (i, r) in rows.iter().enumerate() {
         if i > 0 {
             sql.push(", ");
@@ -257,7 +257,7 @@ pub fn revinclude_query(rows: &[Stored], source_type: &str, param: &str, limit: 
     sql.push(" FROM resources r JOIN versions v ON v.vid = r.vid WHERE r.res_type = ")
         .text_arg(source_type)
         .push(" AND r.deleted = 0 AND r.rid IN (SELECT x.rid FROM idx_reference x WHERE ");
-    param_is(&mut sql, "x.param", source_type, param).push(" AND (");
+    param_is(&mut sql, "x.", source_type, param).push(" AND (");
     for (i, r) in rows.iter().enumerate() {
         if i > 0 {
             sql.push(" OR ");
@@ -366,22 +366,21 @@ fn open_in<'a>(sql: &'a mut Sql, ty: &str, alias: &str, table: IndexTable, param
             .push(alias)
             .push(".rid AND "),
     };
-    param_is(sql, if mode == Mode::Drive { "param" } else { "m.param" }, ty, param).push(" AND ")
+    param_is(sql, if mode == Mode::Drive { "" } else { "m." }, ty, param).push(" AND ")
 }
 
-/// `column = param`; `column IN (…)` when `ty`'s `param` is the union of
-/// other parameters and has no index rows of its own ([`params::union_of`]);
-/// for an alias ([`params::alias_of`]) the rows of the parameter it
-/// restricts with its target type, or its own rows from before.
-/// `column` is `param` or `x.param`: the target type is the same table's.
-fn param_is<'a>(sql: &'a mut Sql, column: &str, ty: &str, param: &str) -> &'a mut Sql {
+/// `table.param = param`; `table.param IN (…)` when `ty`'s `param` is the
+/// union of other parameters and has no index rows of its own
+/// ([`params::union_of`]); for an alias ([`params::alias_of`]) the rows of
+/// the parameter it restricts with its target type, or its own rows from
+/// before. `table` is the index table's alias with its dot (`x.`), or `""`.
+fn param_is<'a>(sql: &'a mut Sql, table: &str, ty: &str, param: &str) -> &'a mut Sql {
     if let Some((of, target)) = params::alias_of(ty, param) {
-        let target_type = format!("{}target_type", column.strip_suffix("param").unwrap_or_default());
-        sql.push("(").push(column).push(" = ").text_arg(param);
-        sql.push(" OR ").push(column).push(" = ").text_arg(of);
-        return sql.push(" AND ").push(&target_type).push(" = ").text_arg(target).push(")");
+        sql.push("(").push(table).push("param = ").text_arg(param);
+        sql.push(" OR ").push(table).push("param = ").text_arg(of);
+        return sql.push(" AND ").push(table).push("target_type = ").text_arg(target).push(")");
     }
-    sql.push(column);
+    sql.push(table).push("param");
     match params::union_of(ty, param) {
         None => sql.push(" = ").text_arg(param),
         Some(parts) => sql.push(" IN (").text_list(parts).push(")"),
@@ -495,7 +494,7 @@ fn atom(sql: &mut Sql, of: &str, a: &Atom, alias: &str, mode: Mode) {
                 .push(" m WHERE m.rid = ")
                 .push(alias)
                 .push(".rid AND ");
-            param_is(sql, "m.param", of, param).push(")");
+            param_is(sql, "m.", of, param).push(")");
         }
     }
 }
@@ -636,7 +635,7 @@ fn sort_expr(sql: &mut Sql, ty: &str, s: &Sort) {
                 .push(") FROM ")
                 .push(table.name())
                 .push(" s WHERE s.rid = r.rid AND ");
-            param_is(sql, "s.param", ty, param).push("), ");
+            param_is(sql, "s.", ty, param).push("), ");
             match (table, s.descending) {
                 (IndexTable::Date, false) => sql.int(i64::MAX),
                 (IndexTable::Date, true) => sql.int(i64::MIN + 1),
