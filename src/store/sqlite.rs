@@ -4,16 +4,18 @@
 //!
 //! Group commit: each logical transaction runs as a SAVEPOINT inside an
 //! outer transaction on the writer connection. `commit` releases the
-//! savepoint and waits; a flusher task then COMMITs the outer transaction —
-//! one durable sync for every transaction that finished meanwhile — and only
-//! then are their callers told they succeeded. A transaction that fails or is
-//! dropped is rolled back to its savepoint and takes nobody else with it.
+//! savepoint and waits; a flusher task then COMMITs the outer transaction,
+//! lets go of the writer, syncs the write-ahead log — one durable sync for
+//! every transaction that finished meanwhile — and only then are their
+//! callers told they succeeded. The next group's statements run while the
+//! disk syncs the last one. A transaction that fails or is dropped is rolled
+//! back to its savepoint and takes nobody else with it.
 //!
 //! The writer is a rusqlite connection called directly by the task that
 //! holds it: a statement costs microseconds, and handing each one to a
 //! connection thread of its own (as sqlx does) cost two thread wake-ups per
 //! statement, which on these machines outweighed the statement itself. Only
-//! COMMIT, which waits for the disk, runs on a blocking thread. The readers
+//! COMMIT and the log's sync run on blocking threads. The readers
 //! are rusqlite connections used the same way, within a time budget (see
 //! [`super::sqlite_readers`]).
 //!
@@ -27,7 +29,11 @@
 
 use std::{
     path::Path,
-    sync::{Arc, LazyLock, Weak, mpsc::SyncSender},
+    sync::{
+        Arc, LazyLock, Weak,
+        atomic::{AtomicI64, Ordering},
+        mpsc::SyncSender,
+    },
     time::Duration,
 };
 
@@ -91,6 +97,9 @@ struct Writer {
     abandoned: bool,
     /// Callers waiting for the next COMMIT.
     waiters: Vec<oneshot::Sender<CommitResult>>,
+    /// Set when a sync of the log failed: what was written since may or may
+    /// not be on disk, so nothing more is committed until a restart.
+    log_failed: Arc<std::sync::OnceLock<String>>,
     /// The audit chain's last committed-or-pending entry: sequence number and hash.
     audit_seq: i64,
     audit_hash: String,
@@ -128,16 +137,20 @@ impl Writer {
         Ok(())
     }
 
-    /// Commits the outer transaction and tells every waiter how it went.
-    /// Waits for the disk: call it off the async workers.
-    fn flush(&mut self) {
+    /// Commits the outer transaction without waiting for the disk; its
+    /// callers are answered once the log is synced ([`Group::answer`]).
+    /// After a failed sync it rolls back instead: nothing more is stored.
+    fn commit_group(&mut self) -> Option<Group> {
         if let Err(e) = self.discard_abandoned() {
             tracing::error!(error = %e, "could not roll back an abandoned transaction");
         }
         if !self.outer {
-            return;
+            return None;
         }
-        let result = self.conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        let result = match self.log_failed.get() {
+            Some(e) => Err(e.clone()),
+            None => self.conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
+        };
         if let Err(e) = &result {
             tracing::error!(error = %e, waiters = self.waiters.len(), "group commit failed; its transactions are not stored");
             let _ = self.conn.execute_batch("ROLLBACK");
@@ -146,8 +159,42 @@ impl Writer {
             }
         }
         self.outer = false;
-        for w in self.waiters.drain(..) {
-            let _ = w.send(result.clone());
+        Some(Group { waiters: std::mem::take(&mut self.waiters), result })
+    }
+
+    /// Checkpoints on the writer connection, syncing the log and the file as
+    /// the background checkpointer does (the writer itself never syncs).
+    /// Returns the pages of the log not yet copied into the file.
+    fn checkpoint_durably(&mut self) -> rusqlite::Result<i64> {
+        self.conn.execute_batch("PRAGMA synchronous = FULL")?;
+        let behind = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok(r.get::<_, i64>(1)? - r.get::<_, i64>(2)?));
+        self.conn.execute_batch("PRAGMA synchronous = OFF")?;
+        behind
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // The last connection to close checkpoints the log into the file and
+        // deletes it, with its own connection's syncs: the writer's must be on.
+        if let Err(e) = self.conn.execute_batch("PRAGMA synchronous = FULL") {
+            tracing::error!(error = %e, "could not turn the writer's syncs on before closing");
+        }
+    }
+}
+
+/// The transactions of one COMMIT, waiting to hear how it went.
+struct Group {
+    waiters: Vec<oneshot::Sender<CommitResult>>,
+    result: CommitResult,
+}
+
+impl Group {
+    fn answer(self) {
+        for w in self.waiters {
+            let _ = w.send(self.result.clone());
         }
     }
 }
@@ -160,17 +207,76 @@ impl Drop for SqliteStore {
 }
 
 /// Commits whenever transactions are waiting; ends when the store is dropped.
-/// After each commit the checkpointer is told that the log has grown.
-async fn flusher(writer: Weak<Mutex<Writer>>, wake: Arc<Notify>, checkpoint: SyncSender<()>) {
+/// The writer is held for the COMMIT only: the sync of the log that makes
+/// the group durable runs after it has been let go, so the next group's
+/// statements run meanwhile; the group's callers are answered after the
+/// sync. (A sync took 1–3 ms on these machines' disks, during which every
+/// write used to wait.) After each commit the checkpointer is told that the
+/// log has grown; if it is far behind, the writer checkpoints before it
+/// lets go ([`WRITER_CHECKPOINT_PAGES`]).
+async fn flusher(writer: Weak<Mutex<Writer>>, wake: Arc<Notify>, log: Option<LogFile>, checkpointer: Checkpointer) {
     loop {
         wake.notified().await;
         let Some(writer) = writer.upgrade() else { return };
         let mut guard = writer.lock_owned().await;
-        if tokio::task::spawn_blocking(move || guard.flush()).await.is_err() {
-            return; // the runtime is shutting down
+        let behind = checkpointer.behind.clone();
+        let committed = tokio::task::spawn_blocking(move || {
+            let group = guard.commit_group();
+            if group.is_some() && behind.load(Ordering::Relaxed) > WRITER_CHECKPOINT_PAGES {
+                match guard.checkpoint_durably() {
+                    Ok(pages) => behind.store(pages, Ordering::Relaxed),
+                    Err(e) => tracing::warn!(error = %e, "the writer's checkpoint did not run"),
+                }
+            }
+            group
+        });
+        let Ok(group) = committed.await else { return }; // the runtime is shutting down
+        let Some(mut group) = group else { continue };
+        if let (Ok(()), Some(log)) = (&group.result, &log) {
+            let Ok(synced) = log.sync().await else { return };
+            if let Err(e) = synced {
+                let e = format!("the write-ahead log could not be synced to disk ({e}); restart the gateway");
+                tracing::error!(error = %e, "nothing more is committed until a restart");
+                let _ = log.failed.set(e.clone());
+                group.result = Err(e);
+            }
         }
-        let _ = checkpoint.try_send(());
+        group.answer();
+        let _ = checkpointer.wake.try_send(());
     }
+}
+
+/// How the flusher makes a COMMIT durable: `fdatasync` of the write-ahead
+/// log ([`sync_log_file`]; tests put other functions in its place).
+type SyncLog = Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>;
+
+/// The log's sync, and where its failure is told to the writer. Absent with
+/// `database.sqlite_synchronous = "normal"`, which syncs at checkpoints only.
+struct LogFile {
+    sync: SyncLog,
+    failed: Arc<std::sync::OnceLock<String>>,
+}
+
+impl LogFile {
+    /// Runs the sync on a blocking thread; `Err` of the outer result when
+    /// the runtime is shutting down.
+    async fn sync(&self) -> Result<std::io::Result<()>, tokio::task::JoinError> {
+        let sync = self.sync.clone();
+        tokio::task::spawn_blocking(move || sync()).await
+    }
+}
+
+/// Opens the log SQLite created beside the database (the writer has read
+/// from it, so it exists) and syncs the folder once, so that the log's name
+/// survives a power loss too; the sync is the log's `fdatasync`.
+fn sync_log_file(database: &Path) -> std::io::Result<SyncLog> {
+    let mut name = database.as_os_str().to_owned();
+    name.push("-wal");
+    let file = std::fs::File::open(&name)?;
+    if let Some(folder) = database.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::File::open(folder)?.sync_all()?;
+    }
+    Ok(Arc::new(move || file.sync_data()))
 }
 
 /// The least time between two background checkpoints (each ends with a
@@ -183,28 +289,44 @@ const CHECKPOINT_PAUSE: Duration = Duration::from_millis(5);
 /// every thousand pages, holding up every write meanwhile (a COMMIT of a
 /// few creates took 0.7–1.4 ms, one with the checkpoint about 5 ms). Once
 /// everything is copied, the writer's next transaction starts the log from
-/// the beginning again. The writer's own automatic checkpoint is only the
-/// backstop, at [`WRITER_AUTOCHECKPOINT_PAGES`].
-/// Ends when the flusher (the sender) is gone.
-fn spawn_checkpointer(conn: rusqlite::Connection) -> std::io::Result<SyncSender<()>> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+/// the beginning again. Its connection syncs (`synchronous` FULL or
+/// NORMAL): the log before copying from it, the file before the log may be
+/// started again. Ends when the flusher (the sender) is gone.
+fn spawn_checkpointer(conn: rusqlite::Connection) -> std::io::Result<Checkpointer> {
+    let (wake, rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let behind = Arc::new(AtomicI64::new(0));
+    let pages = behind.clone();
     std::thread::Builder::new().name("nara-checkpoint".into()).spawn(move || {
         while rx.recv().is_ok() {
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                tracing::debug!(error = %e, "background checkpoint did not run");
+            match conn.query_row(
+                "PRAGMA wal_checkpoint(PASSIVE)",
+                [],
+                |r| Ok(r.get::<_, i64>(1)? - r.get::<_, i64>(2)?),
+            ) {
+                Ok(left) => pages.store(left, Ordering::Relaxed),
+                Err(e) => tracing::debug!(error = %e, "background checkpoint did not run"),
             }
             std::thread::sleep(CHECKPOINT_PAUSE);
         }
     })?;
-    Ok(tx)
+    Ok(Checkpointer { wake, behind })
 }
 
-/// Pages in the write-ahead log at which the writer checkpoints inside its
-/// own COMMIT: the backstop for a checkpointer that falls behind (32 MB of
-/// log). At SQLite's default of 1,000 a group commit of two ingest batches
-/// (about 1,150 pages) set it off every time, which made the COMMIT 50 %
-/// longer while holding up every write.
-const WRITER_AUTOCHECKPOINT_PAGES: i64 = 8192;
+/// The background checkpointer: how to wake it, and how many pages of the
+/// log its last run left uncopied.
+struct Checkpointer {
+    wake: SyncSender<()>,
+    behind: Arc<AtomicI64>,
+}
+
+/// Pages of the write-ahead log left uncopied by the background
+/// checkpointer at which the writer checkpoints itself before letting go:
+/// the backstop for a checkpointer that falls behind (32 MB of log), which
+/// holds up writes rather than let the log grow. SQLite's own automatic
+/// checkpoint is off on the writer, whose connection does not sync; at its
+/// default of 1,000 pages a group commit of two ingest batches (about 1,150
+/// pages) set it off every time, which made the COMMIT 50 % longer.
+const WRITER_CHECKPOINT_PAGES: i64 = 8192;
 
 /// How long a connection waits for another process's lock on the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -213,7 +335,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const STATEMENT_CACHE: usize = 256;
 
 /// The settings of every connection to the file, the writer's and the
-/// readers' (besides write-ahead logging and [`BUSY_TIMEOUT`]).
+/// readers' (besides write-ahead logging and [`BUSY_TIMEOUT`]); the writer
+/// turns `synchronous` off once migrations are done (see [`flusher`]).
 fn connection_pragmas(synchronous: &str) -> [(&'static str, &'static str); 4] {
     let sync = if synchronous == "normal" { "NORMAL" } else { "FULL" };
     [("synchronous", sync), ("foreign_keys", "OFF"), ("cache_size", "-2000"), ("temp_store", "MEMORY")]
@@ -304,6 +427,15 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file named by `sqlite://PATH`
     /// and applies pending migrations.
     pub async fn open(config: &DatabaseConfig) -> anyhow::Result<SqliteStore> {
+        Self::open_syncing(config, sync_log_file).await
+    }
+
+    /// [`SqliteStore::open`] with the function that returns how to sync its
+    /// write-ahead log, given the database's path.
+    async fn open_syncing(
+        config: &DatabaseConfig,
+        sync_log: impl FnOnce(&Path) -> std::io::Result<SyncLog>,
+    ) -> anyhow::Result<SqliteStore> {
         let path =
             config.url.strip_prefix("sqlite://").or_else(|| config.url.strip_prefix("sqlite:")).unwrap_or(&config.url);
         if path.is_empty() {
@@ -318,7 +450,6 @@ impl SqliteStore {
             let path = path.to_owned();
             tokio::task::spawn_blocking(move || -> anyhow::Result<(rusqlite::Connection, rusqlite::Connection)> {
                 let mut conn = open_writer(&path, &pragmas)?;
-                conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
                 // A group commit of two ingest batches dirties about 1,150
                 // pages, more than the page cache holds: SQLite wrote the
                 // overflow to the log mid-transaction, rewrote those frames at
@@ -328,23 +459,39 @@ impl SqliteStore {
                 // dirty pages until COMMIT and shrinks back to its size after.
                 conn.pragma_update(None, "cache_spill", false)?;
                 migrate(&mut conn)?;
+                // The flusher syncs the log after each COMMIT, outside the
+                // writer's lock, and the checkpointer copies the log into the
+                // file (see [`flusher`]); a checkpoint on this connection
+                // would not sync.
+                conn.pragma_update(None, "synchronous", "OFF")?;
+                conn.pragma_update(None, "wal_autocheckpoint", 0)?;
                 Ok((conn, open_writer(&path, &pragmas)?))
             })
             .await??
         };
         let readers = Readers::new(path, &pragmas, config.max_connections, STATEMENT_CACHE, BUSY_TIMEOUT);
+        let log_failed = Arc::new(std::sync::OnceLock::new());
         let mut writer = Writer {
             conn,
             outer: false,
             abandoned: false,
             waiters: Vec::new(),
+            log_failed: log_failed.clone(),
             audit_seq: 0,
             audit_hash: String::new(),
         };
         writer.reload_audit_head()?;
+        let log = match config.sqlite_synchronous.as_str() {
+            "normal" => None,
+            _ => Some(LogFile {
+                sync: sync_log(Path::new(path))
+                    .map_err(|e| anyhow::anyhow!("database.url: cannot open the write-ahead log of {path}: {e}"))?,
+                failed: log_failed,
+            }),
+        };
         let writer = Arc::new(Mutex::new(writer));
         let flush = Arc::new(Notify::new());
-        tokio::spawn(flusher(Arc::downgrade(&writer), flush.clone(), spawn_checkpointer(checkpointer)?));
+        tokio::spawn(flusher(Arc::downgrade(&writer), flush.clone(), log, spawn_checkpointer(checkpointer)?));
         let (imported_tx, imported) = tokio::sync::watch::channel(0);
         let import_now = Arc::new(Notify::new());
         let journal = match open_journal(Path::new(path), &writer, &flush).await? {
@@ -850,6 +997,9 @@ async fn audit_indexer(writer: Weak<Mutex<Writer>>, flush: Arc<Notify>, readers:
 /// Starts a logical transaction on the writer connection (waiting for it).
 async fn begin_on(writer: &Arc<Mutex<Writer>>, flush: &Arc<Notify>) -> StoreResult<SqliteTx> {
     let mut guard = writer.clone().lock_owned().await;
+    if let Some(e) = guard.log_failed.get() {
+        return Err(StoreError::Unavailable(e.clone()));
+    }
     guard.discard_abandoned().map_err(lite_err)?;
     Ok(SqliteTx { guard, flush: flush.clone(), started: false, audit_saved: None })
 }
@@ -1545,16 +1695,100 @@ mod tests {
         }
     }
 
+    /// A log sync for tests: passes at once, or — while `hold` is set — says
+    /// it started and waits until it is let go.
+    struct HeldSync {
+        hold: std::sync::atomic::AtomicBool,
+        started: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+        release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl HeldSync {
+        fn sync(&self) -> std::io::Result<()> {
+            if self.hold.load(Ordering::SeqCst) {
+                self.started.lock().unwrap().send(()).unwrap();
+                self.release.lock().unwrap().recv().unwrap();
+            }
+            Ok(())
+        }
+    }
+
+    async fn open_with_sync(dir: &Path, sync: SyncLog) -> SqliteStore {
+        let config = DatabaseConfig { url: format!("sqlite://{}/t.db", dir.display()), ..DatabaseConfig::default() };
+        SqliteStore::open_syncing(&config, move |_| Ok(sync)).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_is_answered_after_its_log_sync_while_the_next_one_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let held = Arc::new(HeldSync {
+            hold: true.into(),
+            started: std::sync::Mutex::new(started_tx),
+            release: std::sync::Mutex::new(release_rx),
+        });
+        let sync = held.clone();
+        let store = Arc::new(open_with_sync(dir.path(), Arc::new(move || sync.sync())).await);
+        let first = tokio::spawn({
+            let store = store.clone();
+            async move { put(&store, "p1", true).await }
+        });
+        tokio::task::spawn_blocking(move || started.recv_timeout(Duration::from_secs(10)).map(|_| started))
+            .await
+            .unwrap()
+            .expect("the group's log sync started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!first.is_finished(), "the commit was answered before its log was synced");
+        // The writer is free meanwhile: the next transaction writes.
+        let mut tx = tokio::time::timeout(Duration::from_secs(5), store.begin())
+            .await
+            .expect("the writer was held during the log sync")
+            .unwrap();
+        tx.put(NewVersion::test_patient("p2", r#"{"resourceType":"Patient","id":"p2"}"#)).await.unwrap();
+        held.hold.store(false, Ordering::SeqCst);
+        release.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), first).await.expect("answered after the sync").unwrap();
+        tx.commit().await.unwrap();
+        assert!(store.read("Patient", "p1").await.unwrap().is_some());
+        assert!(store.read("Patient", "p2").await.unwrap().is_some());
+    }
+
     #[tokio::test]
-    async fn the_writer_checkpoints_itself_only_when_the_log_is_far_behind() {
-        let (_dir, store) = store().await;
-        let pages: i64 = {
-            let writer = store.writer.lock().await;
-            writer.conn.pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0)).unwrap()
-        };
-        // A group commit of two ingest batches writes about 1,150 pages.
-        assert_eq!(pages, WRITER_AUTOCHECKPOINT_PAGES);
-        assert!(pages > 4 * 1150, "{pages} pages");
+    async fn a_failed_log_sync_fails_its_group_and_every_write_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_with_sync(dir.path(), Arc::new(|| Err(std::io::Error::other("EIO")))).await;
+        let mut tx = store.begin().await.unwrap();
+        tx.put(NewVersion::test_patient("p1", r#"{"resourceType":"Patient","id":"p1"}"#)).await.unwrap();
+        let failed = tx.commit().await.unwrap_err();
+        assert!(
+            matches!(&failed, StoreError::Unavailable(e) if e.contains("could not be synced") && e.contains("EIO")),
+            "{failed:?}"
+        );
+        let next = store.begin().await.err().expect("no write after a failed sync");
+        assert!(matches!(&next, StoreError::Unavailable(e) if e.contains("restart")), "{next:?}");
+    }
+
+    #[tokio::test]
+    async fn the_writer_leaves_syncing_and_checkpoints_to_the_flusher_and_checkpointer() {
+        let (dir, store) = store().await;
+        let file = dir.path().join("t.db");
+        put(&store, "p1", true).await;
+        let mut writer = store.writer.lock().await;
+        let setting = |w: &Writer, name: &str| -> i64 { w.conn.pragma_query_value(None, name, |r| r.get(0)).unwrap() };
+        assert_eq!(setting(&writer, "synchronous"), 0, "OFF");
+        assert_eq!(setting(&writer, "wal_autocheckpoint"), 0);
+        // Its backstop checkpoint copies the log into the file, syncing, and turns syncs off again.
+        let marker = b"a row only in the log";
+        let in_file = || std::fs::read(&file).unwrap().windows(marker.len()).any(|w| w == marker);
+        writer
+            .conn
+            .execute_batch("CREATE TABLE filler (t TEXT); INSERT INTO filler VALUES ('a row only in the log')")
+            .unwrap();
+        assert!(!in_file());
+        assert_eq!(writer.checkpoint_durably().unwrap(), 0);
+        assert!(in_file());
+        assert_eq!(setting(&writer, "synchronous"), 0, "OFF again");
     }
 
     #[tokio::test]
