@@ -1770,6 +1770,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_log_is_synced_after_each_group_unless_synchronous_is_normal() {
+        for (synchronous, synced) in [("full", true), ("normal", false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = DatabaseConfig {
+                url: format!("sqlite://{}/t.db", dir.path().display()),
+                sqlite_synchronous: synchronous.into(),
+                ..DatabaseConfig::default()
+            };
+            let syncs = Arc::new(AtomicI64::new(0));
+            let counter = syncs.clone();
+            let store = SqliteStore::open_syncing(&config, move |_| {
+                Ok(Arc::new(move || {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }) as SyncLog)
+            })
+            .await
+            .unwrap();
+            let before = syncs.load(Ordering::SeqCst);
+            put(&store, "p1", true).await;
+            assert_eq!(syncs.load(Ordering::SeqCst) > before, synced, "{synchronous}");
+        }
+    }
+
+    #[tokio::test]
     async fn the_writer_leaves_syncing_and_checkpoints_to_the_flusher_and_checkpointer() {
         let (dir, store) = store().await;
         let file = dir.path().join("t.db");
