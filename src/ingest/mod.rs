@@ -163,6 +163,8 @@ fn content_hash(mapping: &Mapping, mapped: &MappedRecord) -> String {
     h.update(mapping.name.as_bytes());
     h.update(b"\n");
     h.update(mapping.version.as_bytes());
+    // One buffer for every resource's JSON text.
+    let mut json = String::with_capacity(4096);
     for r in &mapped.resources {
         h.update(b"\n");
         h.update(r.key.as_bytes());
@@ -173,7 +175,9 @@ fn content_hash(mapping: &Mapping, mapped: &MappedRecord) -> String {
             h.update(value.as_bytes());
         }
         h.update(b"\n");
-        h.update(r.body.to_json().as_bytes());
+        json.clear();
+        r.body.write_compact(&mut json);
+        h.update(json.as_bytes());
     }
     for r in &mapped.recipients {
         h.update(b"\nrecipient ");
