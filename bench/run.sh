@@ -271,6 +271,19 @@ if [[ -f "$root/.git/HEAD" ]]; then
   fi
 fi
 
+# The machine's own speed, which drifts on shared hosts: milliseconds for
+# one core to hash 256 MiB, and the processor time the host took for
+# others during the run (steal, from /proc/stat), so that runs of different
+# hours can be told apart from changes of the gateway.
+calibrate() {
+  local t0
+  t0=$(date +%s%N)
+  head -c 268435456 /dev/zero | sha256sum >/dev/null
+  echo $((($(date +%s%N) - t0) / 1000000))
+}
+cpu_times() { awk '/^cpu / { print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $9 }' /proc/stat; }
+calibration_before=$(calibrate)
+read -r cpu_total_before cpu_steal_before < <(cpu_times)
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 # BENCH_SCENARIOS picks scenarios by name: small (2,000 Observations),
@@ -284,9 +297,14 @@ for name in ${BENCH_SCENARIOS:-small $([[ $quick -eq 1 ]] || echo large)}; do
   esac
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+read -r cpu_total_after cpu_steal_after < <(cpu_times)
+steal_percent=$(awk -v s=$((cpu_steal_after - cpu_steal_before)) -v t=$((cpu_total_after - cpu_total_before)) \
+  'BEGIN { printf "%.1f", (t > 0 ? 100 * s / t : 0) }')
+calibration_after=$(calibrate)
 
 export BENCH_WORK="$work" BENCH_STARTED="$started" BENCH_COMMIT="$commit" \
   BENCH_LOAD_BEFORE="$load_before" BENCH_LOAD_AFTER="$load_after" \
+  BENCH_CALIBRATION="$calibration_before $calibration_after" BENCH_STEAL="$steal_percent" \
   BENCH_CONNECTIONS="$connections" BENCH_THREADS="$threads" BENCH_SECONDS="$duration" \
   BENCH_OUT="$results/latest$([[ $store == postgres ]] && echo -postgres).json" BENCH_STORE="$store" BENCH_SEED="$seed" BENCH_SOURCE_DIGEST="$source_digest" \
   BENCH_BATCH="${BENCH_BATCH:-100}"
@@ -323,6 +341,8 @@ doc = {
     "kernel": platform.release(),
     "load_avg_before": env["BENCH_LOAD_BEFORE"],
     "load_avg_after": env["BENCH_LOAD_AFTER"],
+    "calibration_ms": [int(v) for v in env["BENCH_CALIBRATION"].split()],
+    "cpu_steal_percent": float(env["BENCH_STEAL"]),
     "wrk": {"connections": int(env["BENCH_CONNECTIONS"]), "threads": int(env["BENCH_THREADS"]),
             "seconds_per_test": int(env["BENCH_SECONDS"])},
     "seed": int(env["BENCH_SEED"]),
@@ -337,6 +357,8 @@ with open(env["BENCH_OUT"], "w") as f:
 print(f"\n## nara-gateway benchmark, {doc['date']}\n")
 print(f"commit {doc['commit'][:12]} (sources {doc['source_digest']}), {cpu}, nproc {doc['nproc']}, "
       f"load average {doc['load_avg_before']} (before) / {doc['load_avg_after']} (after), "
+      f"machine speed: 256 MiB hashed in {doc['calibration_ms'][0]} / {doc['calibration_ms'][1]} ms "
+      f"(before / after), steal {doc['cpu_steal_percent']} %, "
       f"wrk -t{doc['wrk']['threads']} -c{doc['wrk']['connections']} -d{doc['wrk']['seconds_per_test']}s, "
       + (f"sqlite synchronous={doc['sqlite_synchronous']}" if doc["store"] == "sqlite" else "PostgreSQL store"))
 labels = {"read": "read by id", "search": "search subject+category",
