@@ -610,7 +610,7 @@ async fn import(
     end: Position,
 ) -> StoreResult<()> {
     let mut tx = begin_on(writer, flush).await?;
-    tx.append_audit_rows(entries)?;
+    off_worker(|| tx.append_audit_rows(entries))?;
     tx.exec(
         "UPDATE OR FAIL audit_journal SET segment = ?, offset = ? WHERE one = 1",
         params![end.segment, end.offset],
@@ -975,12 +975,14 @@ async fn audit_indexer(writer: Weak<Mutex<Writer>>, flush: Arc<Notify>, readers:
         let indexed = async {
             let mut tx = begin_on(&writer, &flush).await?;
             drop(writer);
-            tx.exec(
-                "INSERT OR IGNORE INTO audit_patient (patient, seq) SELECT j.value, a.seq \
-                 FROM audit_log a, json_each(a.patients) j, audit_indexed i \
-                 WHERE i.one = 1 AND a.seq > i.seq AND a.seq <= i.seq + ? ORDER BY 1, 2",
-                [AUDIT_INDEX_BATCH],
-            )?;
+            off_worker(|| {
+                tx.exec(
+                    "INSERT OR IGNORE INTO audit_patient (patient, seq) SELECT j.value, a.seq \
+                     FROM audit_log a, json_each(a.patients) j, audit_indexed i \
+                     WHERE i.one = 1 AND a.seq > i.seq AND a.seq <= i.seq + ? ORDER BY 1, 2",
+                    [AUDIT_INDEX_BATCH],
+                )
+            })?;
             tx.exec(
                 "UPDATE OR FAIL audit_indexed SET seq = MIN(seq + ?, (SELECT seq FROM audit_head WHERE one = 1)) \
                  WHERE one = 1",
@@ -991,6 +993,17 @@ async fn audit_indexer(writer: Weak<Mutex<Writer>>, flush: Arc<Notify>, readers:
         if let Err(e) = indexed.await {
             tracing::warn!(error = %e, "could not index new audit entries by patient; retrying");
         }
+    }
+}
+
+/// Runs a long stretch of writer statements (an import of a thousand audit
+/// entries takes milliseconds) so that the async worker's other tasks —
+/// requests — move to another worker meanwhile instead of waiting behind
+/// it. On a single-threaded runtime (tests) it just runs `f`.
+fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
@@ -1767,6 +1780,26 @@ mod tests {
         );
         let next = store.begin().await.err().expect("no write after a failed sync");
         assert!(matches!(&next, StoreError::Unavailable(e) if e.contains("restart")), "{next:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_long_stretch_of_writer_statements_leaves_the_worker_to_other_tasks() {
+        // On the only worker: a stretch that ends only once another task,
+        // queued on the same worker, has run.
+        let stretch = tokio::spawn(async {
+            let (done, other_ran) = std::sync::mpsc::channel::<()>();
+            let other = tokio::spawn(async move { done.send(()).unwrap() });
+            let waited = off_worker(|| other_ran.recv_timeout(Duration::from_secs(5)));
+            (waited, other)
+        });
+        let (waited, other) = stretch.await.unwrap();
+        assert!(waited.is_ok(), "the other task waited for the statements");
+        other.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn on_a_single_threaded_runtime_a_stretch_just_runs() {
+        assert_eq!(off_worker(|| 7), 7);
     }
 
     #[tokio::test]
