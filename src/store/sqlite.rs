@@ -1575,10 +1575,14 @@ mod tests {
         (dir, Arc::new(store))
     }
 
+    /// The settings of the test database in `dir`.
+    fn config_in(dir: &Path) -> DatabaseConfig {
+        DatabaseConfig { url: format!("sqlite://{}/t.db", dir.display()), ..DatabaseConfig::default() }
+    }
+
     /// Opens (or reopens) the test database in `dir`.
     async fn open_in(dir: &Path) -> SqliteStore {
-        let config = DatabaseConfig { url: format!("sqlite://{}/t.db", dir.display()), ..DatabaseConfig::default() };
-        SqliteStore::open(&config).await.unwrap()
+        SqliteStore::open(&config_in(dir)).await.unwrap()
     }
 
     /// Version 1 of `Patient/id`.
@@ -1734,8 +1738,7 @@ mod tests {
     }
 
     async fn open_with_sync(dir: &Path, sync: SyncLog) -> SqliteStore {
-        let config = DatabaseConfig { url: format!("sqlite://{}/t.db", dir.display()), ..DatabaseConfig::default() };
-        SqliteStore::open_syncing(&config, move |_| Ok(sync)).await.unwrap()
+        SqliteStore::open_syncing(&config_in(dir), move |_| Ok(sync)).await.unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1813,11 +1816,7 @@ mod tests {
     async fn the_log_is_synced_after_each_group_unless_synchronous_is_normal() {
         for (synchronous, synced) in [("full", true), ("normal", false)] {
             let dir = tempfile::tempdir().unwrap();
-            let config = DatabaseConfig {
-                url: format!("sqlite://{}/t.db", dir.path().display()),
-                sqlite_synchronous: synchronous.into(),
-                ..DatabaseConfig::default()
-            };
+            let config = DatabaseConfig { sqlite_synchronous: synchronous.into(), ..config_in(dir.path()) };
             let syncs = Arc::new(AtomicI64::new(0));
             let counter = syncs.clone();
             let store = SqliteStore::open_syncing(&config, move |_| {
@@ -1939,8 +1938,7 @@ mod tests {
     #[tokio::test]
     async fn journal_entries_not_yet_imported_are_imported_once_at_the_next_open() {
         let dir = tempfile::tempdir().unwrap();
-        let config =
-            DatabaseConfig { url: format!("sqlite://{}/t.db", dir.path().display()), ..DatabaseConfig::default() };
+        let config = config_in(dir.path());
         let store = SqliteStore::open(&config).await.unwrap();
         store.append_audit(vec![entry(1), entry(2)]).await.unwrap();
         assert_eq!(chain(&store).await.len(), 2, "a read of the log waits for the import");
@@ -1959,8 +1957,7 @@ mod tests {
     #[tokio::test]
     async fn a_journal_left_by_a_deleted_database_is_not_imported_into_a_new_one() {
         let dir = tempfile::tempdir().unwrap();
-        let config =
-            DatabaseConfig { url: format!("sqlite://{}/t.db", dir.path().display()), ..DatabaseConfig::default() };
+        let config = config_in(dir.path());
         let store = SqliteStore::open(&config).await.unwrap();
         store.append_audit(vec![entry(1), entry(2)]).await.unwrap();
         drop(store);
@@ -1980,8 +1977,7 @@ mod tests {
         let (dir, store) = store().await;
         store.append_audit(vec![entry(1)]).await.unwrap();
         assert_eq!(store.audit_head().await.unwrap().0, 1);
-        let config =
-            DatabaseConfig { url: format!("sqlite://{}/t.db", dir.path().display()), ..DatabaseConfig::default() };
+        let config = config_in(dir.path());
         let second = SqliteStore::open(&config).await.unwrap();
         assert!(second.journal.is_none());
         let refused = second.append_audit(vec![entry(2)]).await;

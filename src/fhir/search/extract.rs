@@ -683,7 +683,7 @@ fn reference(node: &Value, root: &Value, emit: &mut dyn FnMut(IndexValue)) {
     let target = reference.filter(|r| !r.starts_with('#')).and_then(parse_reference);
     emit(IndexValue::Reference {
         reference: reference.map(str::to_owned),
-        target_type: reference_target_type(node, root).map(str::to_owned),
+        target_type: target.map(|t| t.0).or_else(|| reference_target_type(node, root)).map(str::to_owned),
         target_id: target.map(|t| t.1.to_owned()),
         identifier,
     });
