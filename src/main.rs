@@ -1,6 +1,6 @@
 //! The `nara-gateway` binary: parses the command line and dispatches.
 
-use std::path::PathBuf;
+use std::{os::unix::process::CommandExt, path::PathBuf};
 
 use clap::{Parser, Subcommand};
 
@@ -141,8 +141,49 @@ enum TokenCommand {
     },
 }
 
+/// What the two allocators read from the environment once, as the process
+/// starts: the server's settings, each kept when already set
+/// (docs/PERFORMANCE.md, item 56, measured them under load).
+/// - mimalloc 3 keeps freed memory for a second before giving it back, and a
+///   thread that went idle keeps it until it allocates again. After 25 ms
+///   instead, peak RSS fell by 15–25 MB; at once (0) by a few MB more, for
+///   about 10 % more processor time per ingested record.
+/// - SQLite allocates through glibc's malloc, which gives each thread that
+///   calls it an arena of its own (up to 16 on two cores); the read
+///   connections run on whichever thread asks, so each connection's pages
+///   spread over all of them. One arena: 20–30 MB less, no slower.
+const ALLOCATOR_ENV: [(&str, &str); 2] = [("MIMALLOC_PURGE_DELAY", "25"), ("MALLOC_ARENA_MAX", "1")];
+
+/// Runs this program again in the same process (same id, arguments and
+/// program name) with the [`ALLOCATOR_ENV`] it lacks: the allocators read it
+/// only at start-up, and setting it from inside would need `unsafe` calls
+/// into both. Returns when nothing was missing, or when the restart failed
+/// (the gateway then runs with the allocators' own defaults).
+fn restart_with_allocator_env() {
+    let missing: Vec<(&str, &str)> =
+        ALLOCATOR_ENV.into_iter().filter(|(name, _)| std::env::var_os(name).is_none()).collect();
+    if missing.is_empty() {
+        return;
+    }
+    let error = match std::env::current_exe() {
+        Ok(exe) => {
+            let mut args = std::env::args_os();
+            let mut command = std::process::Command::new(exe);
+            if let Some(name) = args.next() {
+                command.arg0(name);
+            }
+            command.args(args).envs(missing).exec()
+        }
+        Err(e) => e,
+    };
+    eprintln!("warning: could not restart with the allocator settings ({error}); running without them");
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if matches!(cli.command, None | Some(Command::Serve)) {
+        restart_with_allocator_env();
+    }
     let config = nara_gateway::cli::load_config(cli.config.as_deref())?;
     nara_gateway::cli::init_logging(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -62,6 +62,8 @@ async fn create_patient(client: &reqwest::Client, addr: &str, family: &str) -> r
 pub async fn start(db: &str, env: &[(&str, &str)]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_nara-gateway"))
         .arg("serve")
+        .env_remove("MIMALLOC_PURGE_DELAY")
+        .env_remove("MALLOC_ARENA_MAX")
         .envs(env.iter().copied())
         .env("NARA_SERVER__LISTEN", "127.0.0.1:0")
         .env("NARA_DATABASE__URL", db)
@@ -153,6 +155,26 @@ async fn sigterm_stops_the_gateway_cleanly() {
     let (_again, addr2) = start(&db, &[]).await;
     let path = created.headers()["location"].to_str().unwrap().split("/fhir/").nth(1).unwrap().to_string();
     assert_eq!(client.get(format!("{addr2}/fhir/{path}")).send().await.unwrap().status(), 200);
+}
+
+/// `serve` restarts itself (same process) with the allocator settings it
+/// lacks, and keeps those the operator set.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_served_process_runs_with_the_allocator_settings() {
+    let test_db = nara_gateway::test_support::TestDb::new().await.unwrap();
+    let (child, addr) = start(&test_db.url, &[("MALLOC_ARENA_MAX", "4")]).await;
+    let pid = child.id().expect("running");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let env: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+    assert!(env.contains(&&b"MIMALLOC_PURGE_DELAY=25"[..]), "the missing setting is added");
+    assert!(env.contains(&&b"MALLOC_ARENA_MAX=4"[..]), "the operator's own is kept");
+    assert!(!env.contains(&&b"MALLOC_ARENA_MAX=1"[..]));
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    assert_eq!(args[1], b"serve", "same arguments");
+    let health = reqwest::get(format!("{addr}/health/ready")).await.unwrap();
+    assert_eq!(health.status(), 200);
 }
 
 /// Every read the gateway answered has its audit entry after a SIGKILL (on
