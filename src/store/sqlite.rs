@@ -164,23 +164,55 @@ impl Writer {
 
     /// Checkpoints on the writer connection, syncing the log and the file as
     /// the background checkpointer does (the writer itself never syncs).
-    /// Returns the pages of the log not yet copied into the file, or `None`
-    /// when another checkpoint was running.
-    fn checkpoint_durably(&mut self) -> rusqlite::Result<Option<i64>> {
+    /// `None` when another checkpoint was running.
+    fn checkpoint_durably(&mut self, mode: Checkpoint) -> rusqlite::Result<Option<LogPages>> {
         self.conn.execute_batch("PRAGMA synchronous = FULL")?;
-        let behind = checkpoint(&self.conn);
+        let pages = checkpoint(&self.conn, mode);
         self.conn.execute_batch("PRAGMA synchronous = OFF")?;
-        behind
+        pages
     }
 }
 
-/// A passive checkpoint on `conn`: the pages of the log it left uncopied,
-/// or `None` when another connection's checkpoint was running (SQLite
-/// then reports neither the log's length nor what was copied).
-fn checkpoint(conn: &rusqlite::Connection) -> rusqlite::Result<Option<i64>> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-        let (log, copied): (i64, i64) = (r.get(1)?, r.get(2)?);
-        Ok((log >= 0 && copied >= 0).then_some(log - copied))
+/// How a checkpoint treats the readers (SQLite's `wal_checkpoint` modes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Checkpoint {
+    /// Copies what no reader still needs from the log; never waits.
+    Passive,
+    /// Copies everything, then waits (the busy timeout) until no reader
+    /// reads from the log, so that the next write starts it from the
+    /// beginning; takes the writer's lock.
+    Restart,
+}
+
+/// The write-ahead log as a checkpoint found it, in pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LogPages {
+    /// Pages written since the log last started from the beginning.
+    length: i64,
+    /// Of them, those copied into the database file.
+    copied: i64,
+    /// Whether it could not finish: pages a reader still needed, or (restart)
+    /// readers still reading from the log when the busy timeout ran out.
+    busy: bool,
+}
+
+impl LogPages {
+    fn behind(self) -> i64 {
+        self.length - self.copied
+    }
+}
+
+/// A checkpoint on `conn`, or `None` when another connection's checkpoint
+/// was running (SQLite then reports neither the log's length nor what was
+/// copied).
+fn checkpoint(conn: &rusqlite::Connection, mode: Checkpoint) -> rusqlite::Result<Option<LogPages>> {
+    let sql = match mode {
+        Checkpoint::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+        Checkpoint::Restart => "PRAGMA wal_checkpoint(RESTART)",
+    };
+    conn.query_row(sql, [], |r| {
+        let (busy, length, copied): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        Ok((length >= 0 && copied >= 0).then_some(LogPages { length, copied, busy: busy != 0 }))
     })
 }
 
@@ -221,19 +253,19 @@ impl Drop for SqliteStore {
 /// statements run meanwhile; the group's callers are answered after the
 /// sync. (A sync took 1–3 ms on these machines' disks, during which every
 /// write used to wait.) After each commit the checkpointer is told that the
-/// log has grown; if it is far behind, the writer checkpoints before it
-/// lets go ([`WRITER_CHECKPOINT_PAGES`]).
+/// log has grown; if it is far behind, or the log long, the writer
+/// checkpoints before it lets go ([`LogProgress::writer_checkpoint`]).
 async fn flusher(writer: Weak<Mutex<Writer>>, wake: Arc<Notify>, log: Option<LogFile>, checkpointer: Checkpointer) {
     loop {
         wake.notified().await;
         let Some(writer) = writer.upgrade() else { return };
         let mut guard = writer.lock_owned().await;
-        let behind = checkpointer.behind.clone();
+        let progress = checkpointer.progress.clone();
         let committed = tokio::task::spawn_blocking(move || {
             let group = guard.commit_group();
-            if group.is_some() && behind.load(Ordering::Relaxed) > WRITER_CHECKPOINT_PAGES {
-                match guard.checkpoint_durably() {
-                    Ok(Some(pages)) => behind.store(pages, Ordering::Relaxed),
+            if let Some(mode) = group.as_ref().and_then(|_| progress.writer_checkpoint()) {
+                match guard.checkpoint_durably(mode) {
+                    Ok(Some(pages)) => progress.record(mode, pages),
                     Ok(None) => {} // the checkpointer is at it
                     Err(e) => tracing::warn!(error = %e, "the writer's checkpoint did not run"),
                 }
@@ -304,26 +336,56 @@ const CHECKPOINT_PAUSE: Duration = Duration::from_millis(5);
 /// started again. Ends when the flusher (the sender) is gone.
 fn spawn_checkpointer(conn: rusqlite::Connection) -> std::io::Result<Checkpointer> {
     let (wake, rx) = std::sync::mpsc::sync_channel::<()>(1);
-    let behind = Arc::new(AtomicI64::new(0));
-    let pages = behind.clone();
+    let progress = Arc::new(LogProgress::default());
+    let recorded = progress.clone();
     std::thread::Builder::new().name("nara-checkpoint".into()).spawn(move || {
         while rx.recv().is_ok() {
-            match checkpoint(&conn) {
-                Ok(Some(left)) => pages.store(left, Ordering::Relaxed),
+            match checkpoint(&conn, Checkpoint::Passive) {
+                Ok(Some(pages)) => recorded.record(Checkpoint::Passive, pages),
                 Ok(None) => {}
                 Err(e) => tracing::debug!(error = %e, "background checkpoint did not run"),
             }
             std::thread::sleep(CHECKPOINT_PAUSE);
         }
     })?;
-    Ok(Checkpointer { wake, behind })
+    Ok(Checkpointer { wake, progress })
 }
 
-/// The background checkpointer: how to wake it, and how many pages of the
-/// log its last run left uncopied.
+/// The background checkpointer: how to wake it, and what the last
+/// checkpoint found.
 struct Checkpointer {
     wake: SyncSender<()>,
-    behind: Arc<AtomicI64>,
+    progress: Arc<LogProgress>,
+}
+
+/// The log as the last checkpoint (the checkpointer's or the writer's) found it.
+#[derive(Default)]
+struct LogProgress {
+    length: AtomicI64,
+    behind: AtomicI64,
+}
+
+impl LogProgress {
+    fn record(&self, mode: Checkpoint, pages: LogPages) {
+        // After a restart that finished, the next write starts the log from
+        // the beginning.
+        let length = if mode == Checkpoint::Restart && !pages.busy { 0 } else { pages.length };
+        self.length.store(length, Ordering::Relaxed);
+        self.behind.store(pages.behind(), Ordering::Relaxed);
+    }
+
+    /// The checkpoint the writer runs before letting go, if any: a restart
+    /// when the log has grown past [`WRITER_RESTART_PAGES`], a passive one
+    /// when the checkpointer is more than [`WRITER_CHECKPOINT_PAGES`] behind.
+    fn writer_checkpoint(&self) -> Option<Checkpoint> {
+        if self.length.load(Ordering::Relaxed) > WRITER_RESTART_PAGES {
+            Some(Checkpoint::Restart)
+        } else if self.behind.load(Ordering::Relaxed) > WRITER_CHECKPOINT_PAGES {
+            Some(Checkpoint::Passive)
+        } else {
+            None
+        }
+    }
 }
 
 /// Pages of the write-ahead log left uncopied by the background
@@ -334,6 +396,15 @@ struct Checkpointer {
 /// default of 1,000 pages a group commit of two ingest batches (about 1,150
 /// pages) set it off every time, which made the COMMIT 50 % longer.
 const WRITER_CHECKPOINT_PAGES: i64 = 8192;
+
+/// Pages in the write-ahead log at which the writer restarts it (64 MB).
+/// The log starts from the beginning only when a write finds all of it
+/// copied and no reader reading from it; under steady reads and writes
+/// that moment never comes, and 15 s of batch ingest left a log of 1.6 GB
+/// (larger than the database), which the first start after a crash reads
+/// whole (0.4–0.6 s). The restart holds up writes while the last pages are
+/// copied and the log's readers finish (milliseconds).
+const WRITER_RESTART_PAGES: i64 = 16_384;
 
 /// How long a connection waits for another process's lock on the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -1850,18 +1921,62 @@ mod tests {
             .execute_batch("CREATE TABLE filler (t TEXT); INSERT INTO filler VALUES ('a row only in the log')")
             .unwrap();
         assert!(!in_file());
-        // The background checkpointer may still be at the last commit's pages.
-        let mut left = None;
+        let pages = checkpoint_when_free(&mut writer, Checkpoint::Passive);
+        assert_eq!(pages.behind(), 0);
+        assert!(in_file());
+        assert_eq!(setting(&writer, "synchronous"), 0, "OFF again");
+    }
+
+    /// The writer's checkpoint in `mode`, retried while the background
+    /// checkpointer may still be at the last commit's pages.
+    fn checkpoint_when_free(writer: &mut Writer, mode: Checkpoint) -> LogPages {
         for _ in 0..500 {
-            left = writer.checkpoint_durably().unwrap();
-            if left.is_some() {
-                break;
+            if let Some(pages) = writer.checkpoint_durably(mode).unwrap() {
+                return pages;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(left, Some(0));
-        assert!(in_file());
-        assert_eq!(setting(&writer, "synchronous"), 0, "OFF again");
+        panic!("the background checkpointer never let go");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_checkpoint_waits_for_the_logs_reader_so_the_next_write_starts_it_over() {
+        let (dir, store) = store().await;
+        for i in 0..20 {
+            put(&store, &format!("p{i}"), true).await;
+        }
+        // A reader in the middle of a read of the log's newest pages.
+        let reader = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+        reader.execute_batch("BEGIN; SELECT count(*) FROM versions").unwrap();
+        let reading = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            reader.execute_batch("COMMIT").unwrap();
+        });
+        let started = std::time::Instant::now();
+        let restarted = checkpoint_when_free(&mut *store.writer.lock().await, Checkpoint::Restart);
+        assert!(started.elapsed() >= Duration::from_millis(250), "it waited for the reader");
+        assert!(!restarted.busy && restarted.behind() == 0 && restarted.length >= 20, "{restarted:?}");
+        put(&store, "after", true).await;
+        let after = checkpoint_when_free(&mut *store.writer.lock().await, Checkpoint::Passive);
+        assert!(after.length < restarted.length / 2, "the log started over: {after:?} after {restarted:?}");
+        reading.join().unwrap();
+    }
+
+    #[test]
+    fn the_writer_restarts_a_long_log_and_checkpoints_behind_the_checkpointer() {
+        let progress = LogProgress::default();
+        assert_eq!(progress.writer_checkpoint(), None);
+        let pages = |length, copied| LogPages { length, copied, busy: false };
+        progress.record(Checkpoint::Passive, pages(WRITER_RESTART_PAGES + 1, WRITER_RESTART_PAGES + 1));
+        assert_eq!(progress.writer_checkpoint(), Some(Checkpoint::Restart));
+        progress.record(Checkpoint::Restart, LogPages { busy: true, ..pages(WRITER_RESTART_PAGES + 1, 0) });
+        assert_eq!(progress.writer_checkpoint(), Some(Checkpoint::Restart), "kept waiting: not restarted");
+        progress.record(Checkpoint::Restart, pages(WRITER_RESTART_PAGES + 1, WRITER_RESTART_PAGES + 1));
+        assert_eq!(progress.writer_checkpoint(), None, "the next write starts the log over");
+        progress.record(Checkpoint::Passive, pages(WRITER_CHECKPOINT_PAGES + 10, 5));
+        assert_eq!(progress.writer_checkpoint(), Some(Checkpoint::Passive));
+        progress.record(Checkpoint::Passive, pages(WRITER_CHECKPOINT_PAGES + 10, 10));
+        assert_eq!(progress.writer_checkpoint(), None);
     }
 
     #[tokio::test]
