@@ -13,7 +13,8 @@
 #                          finds or starts), results in latest-postgres.json
 #
 # Per scenario: a release build on a fresh temporary SQLite file (port 0),
-# seeded by bench/seed.py, then wrk (16 connections, 2 threads,
+# seeded by bench/seed.py (Patients, Observations, and per patient a SIP care
+# plan and a discharge transfer through the ingest API), then wrk (16 connections, 2 threads,
 # BENCH_DURATION seconds, default 15; 10 s request timeout) for read by id, search by
 # subject+category, the same with _include, create, transfer creation
 # (/ingest/dokument as the region), single ingest and batch ingest (BENCH_BATCH records
@@ -216,9 +217,9 @@ scenario() {
   local cold_listen=$listen_ms cold_ready=$ready_ms
   log "$name: seeding $patients patients x $per Observations"
   t0=$(now_us)
-  python3 "$bench/seed.py" --base "http://$gw_addr/fhir" --patients "$patients" \
-    --observations-per-patient "$per" --seed "$seed" --ids-out "$ids" >&2 ||
-    die "seeding failed (see above)"
+  BENCH_INGEST_TOKEN=$(fresh_token lund-ehr) python3 "$bench/seed.py" --base "http://$gw_addr/fhir" \
+    --patients "$patients" --observations-per-patient "$per" --care-records --seed "$seed" \
+    --ids-out "$ids" >&2 || die "seeding failed (see above)"
   t1=$(now_us)
   local seed_s rss_after_seed
   seed_s=$(awk -v d=$((t1 - t0)) 'BEGIN { printf "%.1f", d / 1e6 }')

@@ -8,6 +8,13 @@ components and Swedish text; decimals such as 12.50; effectiveDateTime with
 Observations referring to their Patient by `urn:uuid:`. The same --seed
 always gives the same resources (the server assigns the ids).
 
+With --care-records, every patient then also gets what the municipality and
+the region send through the ingest API: a SIP care plan (vårdplan, in
+NDJSON batches of 100 to /ingest/vardplan/batch, as the municipality: its
+token in BENCH_INGEST_TOKEN) and a discharge message from a hospital ward
+(/ingest/dokument, as the region: a DocumentReference, its PDF and a
+transfer Task). Both find the seeded Patient by personnummer.
+
 Writes an id file for the wrk scripts: one `Patient/ID` or `Observation/ID`
 per line.
 
@@ -18,6 +25,7 @@ Python 3.11, standard library only. Set BENCH_TOKEN to send
 from __future__ import annotations
 
 import argparse
+import base64
 import concurrent.futures
 import http.client
 import json
@@ -200,12 +208,13 @@ class Client:
             self.headers["Authorization"] = f"Bearer {token}"
         self._local = threading.local()
 
-    def post(self, body: bytes) -> tuple[int, bytes]:
+    def post(self, body: bytes, path: str | None = None, headers: dict | None = None) -> tuple[int, bytes]:
+        """POSTs to the FHIR base, or to `path` on the same server with `headers` instead."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = http.client.HTTPConnection(self.host, self.port, timeout=600)
         try:
-            conn.request("POST", self.path, body=body, headers=self.headers)
+            conn.request("POST", path or self.path, body=body, headers=headers or self.headers)
             resp = conn.getresponse()
             return resp.status, resp.read()
         except (ConnectionError, http.client.HTTPException, OSError):
@@ -246,6 +255,94 @@ def post_chunk(client: Client, chunk_no: int, patients: list[PatientSeed], per_p
     return patient_ids, obs_ids
 
 
+def pdf(text: str) -> str:
+    return base64.b64encode(f"%PDF-1.4\n% {text}\n%%EOF\n".encode()).decode()
+
+
+def pnr_of(p: PatientSeed) -> str:
+    return p.resource["identifier"][0]["value"]
+
+
+def care_plan_record(p: PatientSeed, seed: int) -> dict:
+    """A SIP from Lunds kommun's EHR (the shape of ../shared/testdata/vardplan-sip.json)."""
+    rng = random.Random(f"{seed}:sip:{p.index}")
+    start = date(2025, 1, 1) + timedelta(days=rng.randrange(300))
+    created = f"{start.isoformat()}T{rng.randrange(8, 16):02d}:{rng.randrange(60):02d}:00+01:00"
+    return {
+        "recordId": f"seed-{seed}-sip-{p.index}", "sourceSystem": "SE2120001231-EHR1", "municipality": "1281",
+        "patient": {"personnummer": pnr_of(p)},
+        "careUnit": {"hsaId": "SE2120001231-HSL1", "name": "Hemsjukvården Lund (fiktiv)"},
+        "careGiver": {"hsaId": "SE2120001231-0001", "name": "Lunds kommun (fiktiv)"},
+        "author": {"hsaId": f"SE2120001231-SSK{rng.randrange(1, 20)}", "name": "Sjuksköterska (fiktiv)",
+                   "role": "Sjuksköterska", "signedAt": created},
+        "type": "SIP", "title": "Samordnad individuell plan", "status": "active", "createdAt": created,
+        "period": {"start": start.isoformat(), "end": (start + timedelta(days=90)).isoformat()},
+        "approvedForPatient": True,
+        "participants": [{"hsaId": "SE2321000255-VC01", "name": "Vårdcentralen Exempel (fiktiv)"},
+                         {"hsaId": "SE2120001231-HSL1", "name": "Hemsjukvården Lund (fiktiv)"}],
+        "goals": [{"description": rng.choice(["Klara förflyttning säng-rullstol själv",
+                                              "Trygg i hemmet utan oplanerade akutbesök",
+                                              "Äta själv vid alla måltider"]),
+                   "due": (start + timedelta(days=60)).isoformat()}],
+        "activities": [{"description": rng.choice(["Förflyttningsträning två gånger per vecka",
+                                                   "Läkarbesök i hemmet vid behov inom 2 timmar"]),
+                        "performer": {"hsaId": "SE2120001231-FT03", "name": "Fysioterapeut (fiktiv)"}}],
+        "content": [{"mediaType": "application/pdf", "title": "SIP signerad", "data": pdf(f"SIP {p.index}")}],
+    }
+
+
+def transfer_record(p: PatientSeed, seed: int) -> dict:
+    """A discharge message from a ward to Hemsjukvården Lund (../shared/testdata/dokument-utskrivning.json)."""
+    rng = random.Random(f"{seed}:transfer:{p.index}")
+    day = date(2025, 1, 1) + timedelta(days=rng.randrange(330))
+    return {
+        "recordId": f"seed-{seed}-mp-{p.index}", "sourceSystem": "SE2321000255-MP01",
+        "from": {"hsaId": "SE2321000255-AVD12", "name": "Sjukhusavdelning 12 (fiktiv)"},
+        "to": {"municipality": "1281", "hsaId": "SE2120001231-HSL1", "name": "Hemsjukvården Lund (fiktiv)"},
+        "patient": {"personnummer": pnr_of(p)},
+        "documentType": "utskrivningsmeddelande", "title": "Utskrivningsmeddelande",
+        "createdAt": f"{day.isoformat()}T{rng.randrange(8, 18):02d}:{rng.randrange(60):02d}:00+01:00",
+        "content": {"mediaType": "application/pdf", "data": pdf(f"utskrivningsmeddelande {p.index}")},
+    }
+
+
+def ingest_headers(token_env: str, content_type: str) -> dict:
+    headers = {"Content-Type": content_type, "Accept": "application/json"}
+    token = os.environ.get(token_env)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+def post_care_plans(client: Client, patients: list[PatientSeed], seed: int) -> int:
+    body = "\n".join(json.dumps(care_plan_record(p, seed), ensure_ascii=False) for p in patients).encode()
+    status, answer = client.post(body, "/ingest/vardplan/batch",
+                                 ingest_headers("BENCH_INGEST_TOKEN", "application/x-ndjson"))
+    if status != 200 or b'"status":"rejected"' in answer:
+        raise RuntimeError(f"vårdplan batch: HTTP {status}: {answer[:2000].decode(errors='replace')}")
+    return len(patients)
+
+
+def post_transfer(client: Client, p: PatientSeed, seed: int) -> int:
+    status, answer = client.post(json.dumps(transfer_record(p, seed), ensure_ascii=False).encode(),
+                                 "/ingest/dokument", ingest_headers("BENCH_TOKEN", "application/json"))
+    if not 200 <= status < 300:
+        raise RuntimeError(f"transfer of patient {p.index}: HTTP {status}: {answer[:2000].decode(errors='replace')}")
+    return 1
+
+
+def run_all(workers: int, jobs: list) -> list:
+    """Runs `(function, *args)` jobs on `workers` threads; the results in order, or the first failure raised."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(*job) for job in jobs]
+        try:
+            return [f.result() for f in futures]
+        except Exception:
+            for f in futures:
+                f.cancel()
+            raise
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", required=True,
@@ -258,6 +355,8 @@ def main() -> int:
                     help="at most this many Observation ids in --ids-out (a seeded sample)")
     ap.add_argument("--bundle-entries", type=int, default=250, help="target entries per transaction")
     ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--care-records", action="store_true",
+                    help="also a SIP care plan and a discharge transfer per patient, through the ingest API")
     args = ap.parse_args()
     if args.patients < 1 or args.observations_per_patient < 0:
         ap.error("--patients must be >= 1 and --observations-per-patient >= 0")
@@ -301,6 +400,17 @@ def main() -> int:
     print(f"seed: created {len(patient_ids)} Patient and {len(obs_ids)} Observation resources "
           f"({total} total) in {len(chunks)} transactions, {elapsed:.1f} s ({total / elapsed:.0f} resources/s); "
           f"ids in {args.ids_out}")
+    if args.care_records:
+        started = time.monotonic()
+        try:
+            plans = run_all(args.workers, [(post_care_plans, client, patients[i:i + 100], args.seed)
+                                           for i in range(0, len(patients), 100)])
+            transfers = run_all(args.workers, [(post_transfer, client, p, args.seed) for p in patients])
+        except Exception as e:
+            print(f"seed: FAILED: {e}", file=sys.stderr)
+            return 1
+        print(f"seed: ingested {sum(plans)} SIP care plans and {sum(transfers)} discharge transfers "
+              f"in {time.monotonic() - started:.1f} s")
     return 0
 
 
