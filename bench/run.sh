@@ -6,7 +6,8 @@
 #   bench/run.sh --quick   the small scenario only
 #   BENCH_SCENARIOS="huge" bench/run.sh
 #                          1,000,000 Observations across 10,000 patients
-#                          (growth: small, large, huge = 2k, 100k, 1M)
+#                          (growth: small, medium, large, huge = 2k, 10k, 100k,
+#                          1M; medium is 1,000 patients x 10 Observations)
 #   bench/run.sh --postgres [--quick]
 #                          the same on PostgreSQL: a fresh database per scenario
 #                          on BENCH_POSTGRES_URL (default: what .ci/postgres.sh
@@ -288,13 +289,15 @@ read -r cpu_total_before cpu_steal_before < <(cpu_times)
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 # BENCH_SCENARIOS picks scenarios by name: small (2,000 Observations),
-# large (100,000), huge (1,000,000 Observations across 10,000 patients).
+# medium (10,000 across 1,000 patients), large (100,000), huge (1,000,000
+# Observations across 10,000 patients).
 for name in ${BENCH_SCENARIOS:-small $([[ $quick -eq 1 ]] || echo large)}; do
   case "$name" in
     small) scenario small 200 10 ;;
+    medium) scenario medium 1000 10 ;;
     large) scenario large 1000 100 ;;
     huge) scenario huge 10000 100 ;;
-    *) die "unknown scenario \`$name\` in BENCH_SCENARIOS (small, large, huge)" ;;
+    *) die "unknown scenario \`$name\` in BENCH_SCENARIOS (small, medium, large, huge)" ;;
   esac
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -321,7 +324,7 @@ with open("/proc/cpuinfo") as f:
             cpu = line.split(":", 1)[1].strip()
             break
 scenarios = []
-for name in ("small", "large", "huge"):
+for name in ("small", "medium", "large", "huge"):
     meta = os.path.join(work, f"{name}.meta")
     if not os.path.exists(meta):
         continue
