@@ -192,6 +192,12 @@ def entry(full_url: str, resource: dict) -> dict:
             "request": {"method": "POST", "url": resource["resourceType"]}}
 
 
+def bearer(token_env: str) -> dict:
+    """The Authorization header for the token in environment variable `token_env`, if set."""
+    token = os.environ.get(token_env)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 class Client:
     """One keep-alive connection per worker thread."""
 
@@ -202,10 +208,7 @@ class Client:
         self.host, self.port = parts.hostname, parts.port or 80
         self.path = parts.path.rstrip("/")
         self.headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json",
-                        "Prefer": "return=minimal"}
-        token = os.environ.get("BENCH_TOKEN")
-        if token:
-            self.headers["Authorization"] = f"Bearer {token}"
+                        "Prefer": "return=minimal", **bearer("BENCH_TOKEN")}
         self._local = threading.local()
 
     def post(self, body: bytes, path: str | None = None, headers: dict | None = None) -> tuple[int, bytes]:
@@ -307,11 +310,7 @@ def transfer_record(p: PatientSeed, seed: int) -> dict:
 
 
 def ingest_headers(token_env: str, content_type: str) -> dict:
-    headers = {"Content-Type": content_type, "Accept": "application/json"}
-    token = os.environ.get(token_env)
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    return headers
+    return {"Content-Type": content_type, "Accept": "application/json", **bearer(token_env)}
 
 
 def post_care_plans(client: Client, patients: list[PatientSeed], seed: int) -> int:
@@ -332,15 +331,19 @@ def post_transfer(client: Client, p: PatientSeed, seed: int) -> int:
 
 
 def run_all(workers: int, jobs: list) -> list:
-    """Runs `(function, *args)` jobs on `workers` threads; the results in order, or the first failure raised."""
+    """Runs `(function, *args)` jobs on `workers` threads; the results in job order, or the
+    first failure raised (the jobs not yet started are cancelled)."""
+    results: list = [None] * len(jobs)
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(*job) for job in jobs]
+        futures = {pool.submit(*job): n for n, job in enumerate(jobs)}
         try:
-            return [f.result() for f in futures]
+            for fut in concurrent.futures.as_completed(futures):
+                results[futures[fut]] = fut.result()
         except Exception:
             for f in futures:
                 f.cancel()
             raise
+    return results
 
 
 def main() -> int:
@@ -370,18 +373,12 @@ def main() -> int:
     chunks = [patients[i:i + per_bundle] for i in range(0, len(patients), per_bundle)]
 
     started = time.monotonic()
-    results: list[tuple[list[str], list[str]] | None] = [None] * len(chunks)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=args.workers) as pool:
-        futures = {pool.submit(post_chunk, client, n, chunk, args.observations_per_patient, args.seed): n
-                   for n, chunk in enumerate(chunks)}
-        try:
-            for fut in concurrent.futures.as_completed(futures):
-                results[futures[fut]] = fut.result()
-        except Exception as e:  # report the first failure and stop the rest
-            for f in futures:
-                f.cancel()
-            print(f"seed: FAILED: {e}", file=sys.stderr)
-            return 1
+    try:
+        results = run_all(args.workers, [(post_chunk, client, n, chunk, args.observations_per_patient, args.seed)
+                                         for n, chunk in enumerate(chunks)])
+    except Exception as e:
+        print(f"seed: FAILED: {e}", file=sys.stderr)
+        return 1
     elapsed = time.monotonic() - started
 
     patient_ids = [pid for r in results if r for pid in r[0]]

@@ -191,8 +191,8 @@ struct LogPages {
     length: i64,
     /// Of them, those copied into the database file.
     copied: i64,
-    /// Whether it could not finish: pages a reader still needed, or (restart)
-    /// readers still reading from the log when the busy timeout ran out.
+    /// Whether SQLite answered busy: a restart whose readers outlasted the
+    /// busy timeout (what a passive one left, it tells by `copied`).
     busy: bool,
 }
 
